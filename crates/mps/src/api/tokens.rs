@@ -1,0 +1,30 @@
+//! Client tokens, issued to the back end with the client-facing URLs of every network line.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use mps_proto::{TokenRequest, TokenResponse};
+
+use super::{Admin, ApiError, Body};
+use crate::auth::DEFAULT_APP;
+use crate::engine::check_name;
+use crate::server::ServerState;
+
+pub async fn issue(
+    _: Admin,
+    State(state): State<Arc<ServerState>>,
+    Body(request): Body<TokenRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let app = request.app.unwrap_or_else(|| DEFAULT_APP.to_owned());
+    check_name("user", &request.user)?;
+    check_name("app", &app)?;
+    let (token, expires) = state.auth.issue(&app, &request.user, request.ttl)?;
+    Ok(Json(TokenResponse {
+        token,
+        user: request.user,
+        app,
+        expires,
+        urls: state.client_urls(),
+    }))
+}

@@ -1,0 +1,254 @@
+//! Configuration: defaults, then a TOML file, then `MPS_*` environment variables, then
+//! command-line flags (later wins). `mps serve --print-config` shows the merged result.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `mps serve` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP and WebSocket listener.
+    pub listen: SocketAddr,
+    /// Where the embedded store and generated secrets live.
+    pub data_dir: PathBuf,
+    /// Key for the back-end API (`Authorization: Bearer KEY`). Generated into the data
+    /// directory on first start when unset.
+    pub admin_key: Option<String>,
+    /// Name of this node, shown on its clients; defaults to the host name.
+    pub node: Option<String>,
+    /// Node number mixed into message ids so that ids from several nodes never collide (0-1023).
+    pub node_id: u16,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub connection: ConnectionConfig,
+    pub messages: MessagesConfig,
+    /// Client-facing base URLs per network line (for example `intranet` and `internet`),
+    /// returned with every issued token. Empty means the listener's own address.
+    pub lines: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `tracing` filter such as `info` or `mps=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `HS256` (default), `RS256` or `ES256`.
+    pub algorithm: String,
+    /// Shared secret for HS256. Generated into the data directory on first start when unset.
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256/ES256 verification.
+    pub public_key_file: Option<PathBuf>,
+    /// PEM private key file for RS256/ES256 signing (`mps token`, `POST /api/v1/tokens`).
+    pub private_key_file: Option<PathBuf>,
+    /// Default lifetime of issued client tokens, seconds.
+    pub token_ttl: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Seconds between server pings.
+    pub heartbeat: u64,
+    /// A peer that sends nothing (not even a pong) for this many seconds is dropped.
+    pub timeout: u64,
+    /// Seconds a new WebSocket has to send its open frame.
+    pub open_timeout: u64,
+    /// Largest accepted client frame or message, bytes.
+    pub max_frame: usize,
+    /// Outbound frames a connection may have queued before it is dropped as a slow consumer.
+    pub queue: usize,
+    /// Error frames tolerated on one connection before it is closed for protocol abuse.
+    pub max_errors: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagesConfig {
+    /// Default lifetime of a directed message, seconds (3 days).
+    pub ttl: u64,
+    /// Largest accepted lifetime, seconds.
+    pub max_ttl: u64,
+    /// How long expired records are kept before the sweeper deletes them, seconds.
+    pub keep_expired: u64,
+    /// Seconds between sweeps.
+    pub sweep_interval: u64,
+    /// Most recipients one message may name.
+    pub max_recipients: usize,
+    /// Largest accepted API request body, bytes.
+    pub max_body: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("mps-data"),
+            admin_key: None,
+            node: None,
+            node_id: 0,
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            connection: ConnectionConfig::default(),
+            messages: MessagesConfig::default(),
+            lines: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: "HS256".into(),
+            jwt_secret: None,
+            public_key_file: None,
+            private_key_file: None,
+            token_ttl: 24 * 3600,
+        }
+    }
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            heartbeat: 25,
+            timeout: 60,
+            open_timeout: 10,
+            max_frame: 64 * 1024,
+            queue: 1024,
+            max_errors: 10,
+        }
+    }
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            ttl: 3 * 24 * 3600,
+            max_ttl: 30 * 24 * 3600,
+            keep_expired: 24 * 3600,
+            sweep_interval: 60,
+            max_recipients: 10_000,
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthOverrides>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct AuthOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+}
+
+impl Config {
+    /// Merges defaults, the TOML file (if any), `MPS_*` variables (`MPS_CONNECTION__QUEUE=64`
+    /// sets `connection.queue`; `MPS_JWT_SECRET` is accepted for `auth.jwt_secret`) and flags.
+    pub fn load(file: Option<&Path>, flags: Overrides) -> Result<Config, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(
+                Env::prefixed("MPS_")
+                    .map(|key| {
+                        if key.as_str().eq_ignore_ascii_case("jwt_secret") {
+                            "auth.jwt_secret".into()
+                        } else {
+                            key.as_str().replace("__", ".").into()
+                        }
+                    })
+                    .ignore(&["config"]),
+            )
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The configuration as TOML, with secrets masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        if shown.admin_key.is_some() {
+            shown.admin_key = Some("<hidden>".into());
+        }
+        if shown.auth.jwt_secret.is_some() {
+            shown.auth.jwt_secret = Some("<hidden>".into());
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "mps".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mps.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nadmin_key = \"from-file\"\n[connection]\nqueue = 7\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MPS_ADMIN_KEY", "from-env");
+            jail.set_env("MPS_CONNECTION__HEARTBEAT", "3");
+            let config = Config::load(
+                Some(&file),
+                Overrides {
+                    listen: Some("127.0.0.1:9001".parse().unwrap()),
+                    ..Overrides::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(config.listen.port(), 9001);
+            assert_eq!(config.admin_key.as_deref(), Some("from-env"));
+            assert_eq!(config.connection.queue, 7);
+            assert_eq!(config.connection.heartbeat, 3);
+            Ok(())
+        });
+    }
+}

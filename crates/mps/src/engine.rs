@@ -1,0 +1,329 @@
+//! The delivery engine, shared by every transport and the API: validates and accepts messages,
+//! makes directed ones durable before answering, publishes them through the broker, serves the
+//! backlog of a connecting user, and records deliveries and acks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mps_proto::{
+    DeliveryClass, EventData, Frame, PushFrame, PushedMessage, SendMessage, SendResult,
+};
+use tokio::sync::mpsc;
+
+use crate::auth::DEFAULT_APP;
+use crate::broker::Broker;
+use crate::config::MessagesConfig;
+use crate::hub::{Envelope, Target};
+use crate::id::{IdGen, now_ms};
+use crate::store::{NewMessage, Store, StoreError};
+
+/// Longest user, component, agent, app or sender name.
+pub const MAX_NAME: usize = 256;
+const MAX_TITLE: usize = 1024;
+/// Most ids one ack may carry.
+pub const MAX_ACK_IDS: usize = 1000;
+/// Messages fetched from the store per backlog page.
+pub const BACKLOG_PAGE: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request is wrong; `code` is stable, the message says what to fix.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> EngineError {
+    EngineError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Checks a user, component, agent, app or sender name.
+pub fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "invalid_name",
+            format!("{what} must be 1 to {MAX_NAME} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Serializes a frame once; the bytes are shared by every connection it goes to.
+pub fn encode(frame: &Frame) -> Bytes {
+    // Serializing these plain structs cannot fail.
+    Bytes::from(serde_json::to_vec(frame).unwrap_or_default())
+}
+
+/// The push frame (`Type` 3) of a message.
+pub fn encode_push(message: &PushedMessage) -> Bytes {
+    Bytes::from(serde_json::to_vec(&PushFrame::new(message)).unwrap_or_default())
+}
+
+/// Parses message ids given as decimal strings.
+pub fn parse_ids(ids: &[String]) -> Result<Vec<u64>, EngineError> {
+    ids.iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|_| invalid("invalid_id", format!("{id:?} is not a message id")))
+        })
+        .collect()
+}
+
+fn class_label(class: DeliveryClass) -> &'static str {
+    match class {
+        DeliveryClass::Directed => "directed",
+        DeliveryClass::Component => "component",
+        DeliveryClass::Broadcast => "broadcast",
+    }
+}
+
+/// A delivery written to a connection, to be recorded.
+struct Delivered {
+    app: Arc<str>,
+    user: Arc<str>,
+    ids: Vec<u64>,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    ids: IdGen,
+    config: MessagesConfig,
+    delivered: mpsc::Sender<Delivered>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        node_id: u16,
+        config: MessagesConfig,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(record_deliveries(store.clone(), rx));
+        Arc::new(Engine {
+            store,
+            broker,
+            ids: IdGen::new(node_id),
+            config,
+            delivered: tx,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Accepts a message. Directed messages are durable when this returns.
+    pub async fn send(&self, req: SendMessage) -> Result<SendResult, EngineError> {
+        let app = req.app.unwrap_or_else(|| DEFAULT_APP.to_owned());
+        check_name("app", &app)?;
+        if let Some(title) = &req.title {
+            if title.len() > MAX_TITLE {
+                return Err(invalid(
+                    "invalid_title",
+                    format!("title is longer than {MAX_TITLE} bytes"),
+                ));
+            }
+        }
+        for (what, value) in [("component", &req.component), ("sender", &req.sender)] {
+            if let Some(value) = value {
+                check_name(what, value)?;
+            }
+        }
+        if let Some(agents) = &req.agents {
+            if agents.is_empty() || agents.len() > 64 {
+                return Err(invalid("invalid_agents", "agents must list 1 to 64 agents"));
+            }
+            for agent in agents {
+                check_name("agent", agent)?;
+                if agent.contains(',') {
+                    return Err(invalid("invalid_name", "agent names cannot contain ','"));
+                }
+            }
+        }
+        let ttl = req.ttl.unwrap_or(self.config.ttl);
+        if ttl == 0 || ttl > self.config.max_ttl {
+            return Err(invalid(
+                "invalid_ttl",
+                format!("ttl must be 1 to {} seconds", self.config.max_ttl),
+            ));
+        }
+        let recipients = match req.receiver {
+            Some(list) => Some(self.check_recipients(list)?),
+            None => None,
+        };
+
+        let id = self.ids.next();
+        let created = now_ms() as i64;
+        let pushed = PushedMessage {
+            id: id.to_string(),
+            title: req.title,
+            kind: req.kind,
+            component: req.component,
+            sender: req.sender,
+            created,
+            ack: recipients.is_some(),
+            event_data: EventData { ext: req.content },
+        };
+        let frame = encode_push(&pushed);
+        let app_name = app.clone();
+        let (class, target, count) = match recipients {
+            Some(recipients) => {
+                let count = recipients.len();
+                self.store
+                    .insert(NewMessage {
+                        id,
+                        app,
+                        title: pushed.title,
+                        kind: pushed.kind,
+                        component: pushed.component,
+                        sender: pushed.sender,
+                        agents: req.agents.clone(),
+                        content: pushed.event_data.ext,
+                        created,
+                        expires: created.saturating_add((ttl as i64).saturating_mul(1000)),
+                        recipients: recipients.clone(),
+                    })
+                    .await?;
+                (DeliveryClass::Directed, Target::Users(recipients), count)
+            }
+            None => match pushed.component {
+                Some(component) => (DeliveryClass::Component, Target::Component(component), 0),
+                None => (DeliveryClass::Broadcast, Target::All, 0),
+            },
+        };
+        let directed = class == DeliveryClass::Directed;
+        let published = self
+            .broker
+            .publish(Envelope {
+                app: app_name,
+                target,
+                agents: req.agents,
+                directed: directed.then_some(id),
+                frame,
+            })
+            .await;
+        metrics::counter!("mps_messages_accepted_total", "class" => class_label(class)).increment(1);
+        match published {
+            Ok(_) => {}
+            // Durable already: the recipients get it from the store when they (re)connect.
+            Err(e) if directed => tracing::warn!(id, error = %e, "live fan-out failed"),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(SendResult {
+            id: id.to_string(),
+            class,
+            recipients: count,
+        })
+    }
+
+    /// The next page of a connection's backlog (pending directed messages after `after`),
+    /// encoded as push frames, oldest first.
+    pub async fn backlog(
+        &self,
+        app: &str,
+        user: &str,
+        agent: &str,
+        after: u64,
+    ) -> Result<Vec<(u64, Bytes)>, EngineError> {
+        let pending = self
+            .store
+            .pending(app, user, Some(agent), after, BACKLOG_PAGE)
+            .await?;
+        Ok(pending
+            .iter()
+            .map(|m| (m.id.parse().unwrap_or_default(), encode_push(m)))
+            .collect())
+    }
+
+    /// Records that these directed messages were written to a connection of the user. Batched
+    /// and committed in the background; waits only when the recorder is far behind.
+    pub async fn delivered(&self, app: Arc<str>, user: Arc<str>, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        metrics::counter!("mps_directed_delivered_total").increment(ids.len() as u64);
+        let _ = self.delivered.send(Delivered { app, user, ids }).await;
+    }
+
+    /// A client's ack of message ids (decimal strings); returns how many changed to `acked`.
+    pub async fn ack(&self, app: &str, user: &str, ids: &[String]) -> Result<u64, EngineError> {
+        if ids.len() > MAX_ACK_IDS {
+            return Err(invalid(
+                "too_many_ids",
+                format!("at most {MAX_ACK_IDS} ids per ack"),
+            ));
+        }
+        let ids = parse_ids(ids)?;
+        let acked = self.store.ack(app, user, ids).await?;
+        metrics::counter!("mps_acks_total").increment(acked);
+        Ok(acked)
+    }
+
+    /// Pull: the user's pending messages (any agent), marked delivered.
+    pub async fn collect(
+        &self,
+        app: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<PushedMessage>, EngineError> {
+        let pending = self.store.pending(app, user, None, 0, limit).await?;
+        let ids = pending.iter().filter_map(|m| m.id.parse().ok()).collect();
+        self.store.mark_delivered(app, user, ids).await?;
+        Ok(pending)
+    }
+
+    fn check_recipients(&self, list: Vec<String>) -> Result<Vec<String>, EngineError> {
+        if list.is_empty() {
+            return Err(invalid(
+                "invalid_receiver",
+                "receiver is empty; omit it to broadcast",
+            ));
+        }
+        if list.len() > self.config.max_recipients {
+            return Err(invalid(
+                "too_many_recipients",
+                format!("at most {} recipients", self.config.max_recipients),
+            ));
+        }
+        for user in &list {
+            check_name("receiver", user)?;
+        }
+        let mut list = list;
+        list.sort_unstable();
+        list.dedup();
+        Ok(list)
+    }
+}
+
+/// Commits delivery records in batches: everything queued while the previous batch committed
+/// goes into the store together, where the writer folds it into one transaction.
+async fn record_deliveries(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Delivered>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut by_user: HashMap<(Arc<str>, Arc<str>), Vec<u64>> = HashMap::new();
+        for d in batch.drain(..) {
+            by_user.entry((d.app, d.user)).or_default().extend(d.ids);
+        }
+        let writes = by_user
+            .into_iter()
+            .map(|((app, user), ids)| {
+                let store = store.clone();
+                async move { store.mark_delivered(&app, &user, ids).await }
+            })
+            .collect::<Vec<_>>();
+        for result in futures_util::future::join_all(writes).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "recording deliveries failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! One live connection as the hub sees it: identity, subscriptions and a bounded outbound queue.
+//! The queue is a `VecDeque` behind a mutex plus a `Notify`: an idle connection holds no queue
+//! memory, and a push never waits.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Identity of a connection, fixed at login.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub app: Arc<str>,
+    pub user: Arc<str>,
+    pub agent: Box<str>,
+    pub device: Option<Box<str>>,
+    /// `websocket` or `websocket-simple`.
+    pub transport: &'static str,
+    /// Login time, Unix ms.
+    pub login: i64,
+    pub remote: SocketAddr,
+}
+
+/// A frame waiting to be written.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub frame: Bytes,
+    /// Message id of a directed message, recorded as delivered once written.
+    pub directed: Option<u64>,
+}
+
+/// Why the server closes a connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The outbound queue overflowed.
+    SlowConsumer,
+    /// An operator disconnected it.
+    Kicked,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+struct Outbox {
+    queue: VecDeque<Outbound>,
+    closing: Option<CloseReason>,
+}
+
+pub struct Conn {
+    pub id: u64,
+    pub info: ConnInfo,
+    components: Mutex<Vec<String>>,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+    capacity: usize,
+}
+
+impl Conn {
+    pub(super) fn new(id: u64, info: ConnInfo, capacity: usize, components: Vec<String>) -> Self {
+        Conn {
+            id,
+            info,
+            components: Mutex::new(components),
+            outbox: Mutex::new(Outbox {
+                queue: VecDeque::new(),
+                closing: None,
+            }),
+            wake: Notify::new(),
+            capacity,
+        }
+    }
+
+    pub fn components(&self) -> Vec<String> {
+        self.components.lock().clone()
+    }
+
+    pub(super) fn set_components(&self, components: Vec<String>) {
+        *self.components.lock() = components;
+    }
+
+    /// Queues a frame; false when the connection is closing or its queue overflowed (then it
+    /// is marked to close as a slow consumer).
+    pub fn push(&self, out: Outbound) -> bool {
+        let mut outbox = self.outbox.lock();
+        if outbox.closing.is_some() {
+            return false;
+        }
+        if outbox.queue.len() >= self.capacity {
+            outbox.closing = Some(CloseReason::SlowConsumer);
+            outbox.queue = VecDeque::new();
+            drop(outbox);
+            metrics::counter!("mps_slow_consumer_disconnects_total").increment(1);
+            self.wake.notify_one();
+            return false;
+        }
+        let was_empty = outbox.queue.is_empty();
+        outbox.queue.push_back(out);
+        drop(outbox);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Asks the connection's task to close.
+    pub fn close(&self, reason: CloseReason) {
+        let mut outbox = self.outbox.lock();
+        if outbox.closing.is_none() {
+            outbox.closing = Some(reason);
+        }
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.outbox.lock().closing
+    }
+
+    /// Waits until something was queued or a close was asked for.
+    pub async fn wait(&self) {
+        self.wake.notified().await
+    }
+
+    /// Moves every queued frame into `into`; returns the close reason if one was set.
+    pub fn drain(&self, into: &mut Vec<Outbound>) -> Option<CloseReason> {
+        let mut outbox = self.outbox.lock();
+        into.extend(outbox.queue.drain(..));
+        if outbox.queue.capacity() > 64 {
+            outbox.queue.shrink_to(16);
+        }
+        outbox.closing
+    }
+}

@@ -1,0 +1,28 @@
+//! mps, the message push service.
+//!
+//! Layout:
+//! - [`config`]: defaults, TOML file, `MPS_*` environment and flags, merged.
+//! - [`auth`]: the one place that checks client tokens (JWT) and the admin key.
+//! - [`id`]: sortable, cluster-unique message ids.
+//! - [`store`]: durable directed messages and per-recipient status ([`store::Store`]; SQLite
+//!   embedded by default).
+//! - [`broker`]: fan-out of live messages between nodes ([`broker::Broker`]; in-process now).
+//! - [`hub`]: the connections of this node, indexed by user and component, each with a bounded
+//!   outbound queue.
+//! - [`engine`]: the delivery engine: accepts messages, stores, publishes, backlogs, acks.
+//! - [`transport`]: thin adapters from client connections (WebSocket) to the engine.
+//! - [`api`]: the HTTP API under `/api/v1`, health and metrics.
+//! - [`server`]: wiring, listener, sweeper and graceful shutdown.
+//! - [`telemetry`]: logs and Prometheus metrics.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod engine;
+pub mod hub;
+pub mod id;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

@@ -1,0 +1,100 @@
+//! Persistence of directed messages and their per-recipient status, behind the [`Store`] trait.
+//! The embedded default is [`sqlite::SqliteStore`]; a cluster backend implements the same trait
+//! and passes the same suite (`suite.rs`).
+
+pub mod sqlite;
+#[cfg(test)]
+mod suite;
+
+use async_trait::async_trait;
+use mps_proto::{MessageRecord, Page, PushedMessage, Status};
+use serde_json::value::RawValue;
+
+/// A directed message to record, with its recipients.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: u64,
+    pub app: String,
+    pub title: Option<String>,
+    pub kind: i64,
+    pub component: Option<String>,
+    pub sender: Option<String>,
+    pub agents: Option<Vec<String>>,
+    pub content: Box<RawValue>,
+    /// Unix milliseconds.
+    pub created: i64,
+    pub expires: i64,
+    pub recipients: Vec<String>,
+}
+
+/// Filter and page of `GET /api/v1/messages`.
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    pub app: Option<String>,
+    /// Messages with at least one recipient in this status.
+    pub status: Option<Status>,
+    pub sender: Option<String>,
+    pub receiver: Option<String>,
+    pub component: Option<String>,
+    /// Created at or after (Unix ms).
+    pub from: Option<i64>,
+    /// Created before (Unix ms).
+    pub to: Option<i64>,
+    /// 1-based.
+    pub page: u64,
+    pub size: u64,
+}
+
+/// What a sweep changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Recipients whose message expired before they acked it.
+    pub expired: u64,
+    /// Messages deleted after the retention of expired records.
+    pub deleted: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Durable storage of directed messages. Every write returns only once it is durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records a message and its recipients (all `pending`).
+    async fn insert(&self, message: NewMessage) -> Result<(), StoreError>;
+
+    /// Unexpired messages of a user still `pending`, addressed to `agent` (or to any agent when
+    /// `None`), with an id above `after`, oldest first.
+    async fn pending(
+        &self,
+        app: &str,
+        user: &str,
+        agent: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PushedMessage>, StoreError>;
+
+    /// `pending` → `delivered` for these ids of this user; returns how many changed.
+    async fn mark_delivered(&self, app: &str, user: &str, ids: Vec<u64>)
+    -> Result<u64, StoreError>;
+
+    /// `pending`/`delivered` → `acked`; returns how many changed.
+    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<u64, StoreError>;
+
+    async fn list(&self, query: MessageQuery) -> Result<Page<MessageRecord>, StoreError>;
+
+    /// One message with every recipient's status.
+    async fn get(&self, id: u64) -> Result<Option<MessageRecord>, StoreError>;
+
+    /// Deletes a message and its recipients; false when there was none.
+    async fn delete(&self, id: u64) -> Result<bool, StoreError>;
+
+    /// Marks recipients of messages expired at `now` as `expired` and deletes messages expired
+    /// before `now - keep_expired` (Unix ms).
+    async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError>;
+}

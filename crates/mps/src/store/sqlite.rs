@@ -1,0 +1,562 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`, so a commit is on disk when it
+//! returns. One writer thread owns the write connection and commits every write that arrived
+//! while the previous commit ran in one transaction (group commit); reads use a small pool of
+//! read-only connections on the blocking thread pool.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use mps_proto::{EventData, MessageRecord, Page, PushedMessage, RecipientStatus, Status};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{MessageQuery, NewMessage, Store, StoreError, Swept};
+
+/// Writes waiting for the writer thread; senders wait when it is full.
+const WRITE_QUEUE: usize = 8192;
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 4096;
+const READERS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id        INTEGER PRIMARY KEY,
+    app       TEXT NOT NULL,
+    title     TEXT,
+    kind      INTEGER NOT NULL,
+    component TEXT,
+    sender    TEXT,
+    agents    TEXT,
+    content   TEXT NOT NULL,
+    created   INTEGER NOT NULL,
+    expires   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_expires ON messages(expires);
+CREATE INDEX IF NOT EXISTS messages_sender ON messages(app, sender, id);
+CREATE INDEX IF NOT EXISTS messages_component ON messages(app, component, id);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id INTEGER NOT NULL,
+    app        TEXT NOT NULL,
+    user       TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    updated    INTEGER NOT NULL,
+    PRIMARY KEY (message_id, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recipients_user ON recipients(app, user, status, message_id);
+CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status, message_id);
+";
+
+fn status_code(status: Status) -> i64 {
+    match status {
+        Status::Pending => 0,
+        Status::Delivered => 1,
+        Status::Acked => 2,
+        Status::Expired => 3,
+    }
+}
+
+fn status_from(code: i64) -> Status {
+    match code {
+        0 => Status::Pending,
+        1 => Status::Delivered,
+        2 => Status::Acked,
+        _ => Status::Expired,
+    }
+}
+
+/// `agents` is stored as `,ios,bs,` so that one `instr` checks membership.
+fn agents_column(agents: &Option<Vec<String>>) -> Option<String> {
+    agents.as_ref().map(|list| format!(",{},", list.join(",")))
+}
+
+fn agents_from(column: Option<String>) -> Option<Vec<String>> {
+    column.map(|text| {
+        text.split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+enum Write {
+    Insert(NewMessage),
+    Delivered {
+        app: String,
+        user: String,
+        ids: Vec<u64>,
+    },
+    Ack {
+        app: String,
+        user: String,
+        ids: Vec<u64>,
+    },
+    Delete(u64),
+    Sweep {
+        now: i64,
+        keep_expired: i64,
+    },
+}
+
+enum Written {
+    Count(u64),
+    Swept(Swept),
+}
+
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
+pub struct SqliteStore {
+    writes: mpsc::Sender<(Write, Reply)>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: std::path::PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `messages.db` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let path = dir.join("messages.db");
+        let writer = Connection::open(&path).map_err(backend)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+            )
+            .map_err(backend)?;
+        writer.execute_batch(SCHEMA).map_err(backend)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_reader(&path)?);
+        }
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("mps-store-writer".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(backend)?;
+        Ok(SqliteStore {
+            writes: tx,
+            readers: Arc::new(Mutex::new(readers)),
+            path,
+        })
+    }
+
+    async fn write(&self, op: Write) -> Result<Written, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send((op, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn count(&self, op: Write) -> Result<u64, StoreError> {
+        match self.write(op).await? {
+            Written::Count(n) => Ok(n),
+            Written::Swept(_) => Err(backend("unexpected answer")),
+        }
+    }
+
+    /// Runs a read on a pooled connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            let out = f(&conn).map_err(backend);
+            let mut pool = readers.lock();
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(backend)?;
+    conn.execute_batch("PRAGMA busy_timeout=5000;")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<(Write, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let started = Instant::now();
+        let size = batch.len();
+        let mut results = Vec::with_capacity(size);
+        let committed = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (op, _) in batch.iter() {
+                tx.execute_batch("SAVEPOINT op")?;
+                let result = apply(&tx, op);
+                if result.is_err() {
+                    tx.execute_batch("ROLLBACK TO op")?;
+                }
+                tx.execute_batch("RELEASE op")?;
+                results.push(result.map_err(backend));
+            }
+            tx.commit()
+        })();
+        metrics::histogram!("mps_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("mps_store_commit_batch").record(size as f64);
+        match committed {
+            Ok(()) => {
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(backend(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
+    match op {
+        Write::Insert(m) => {
+            tx.prepare_cached(
+                "INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                m.id as i64,
+                m.app,
+                m.title,
+                m.kind,
+                m.component,
+                m.sender,
+                agents_column(&m.agents),
+                m.content.get(),
+                m.created,
+                m.created.max(m.expires),
+            ])?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO recipients (message_id, app, user, status, updated) VALUES (?1, ?2, ?3, 0, ?4)",
+            )?;
+            for user in &m.recipients {
+                stmt.execute(params![m.id as i64, m.app, user, m.created])?;
+            }
+            Ok(Written::Count(1))
+        }
+        Write::Delivered { app, user, ids } => {
+            set_status(tx, app, user, ids, Status::Delivered, "status = 0")
+        }
+        Write::Ack { app, user, ids } => {
+            set_status(tx, app, user, ids, Status::Acked, "status IN (0, 1)")
+        }
+        Write::Delete(id) => {
+            let n = tx
+                .prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                .execute([*id as i64])?;
+            tx.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
+                .execute([*id as i64])?;
+            Ok(Written::Count(n as u64))
+        }
+        Write::Sweep { now, keep_expired } => {
+            let expired = tx.execute(
+                "UPDATE recipients SET status = 3, updated = ?1
+                 WHERE status IN (0, 1) AND message_id IN (SELECT id FROM messages WHERE expires <= ?1)",
+                [now],
+            )?;
+            let cutoff = now - keep_expired;
+            tx.execute(
+                "DELETE FROM recipients WHERE message_id IN (SELECT id FROM messages WHERE expires <= ?1)",
+                [cutoff],
+            )?;
+            let deleted = tx.execute("DELETE FROM messages WHERE expires <= ?1", [cutoff])?;
+            Ok(Written::Swept(Swept {
+                expired: expired as u64,
+                deleted: deleted as u64,
+            }))
+        }
+    }
+}
+
+fn set_status(
+    tx: &rusqlite::Transaction,
+    app: &str,
+    user: &str,
+    ids: &[u64],
+    status: Status,
+    from: &str,
+) -> rusqlite::Result<Written> {
+    let now = crate::id::now_ms() as i64;
+    let sql = format!(
+        "UPDATE recipients SET status = ?1, updated = ?2
+         WHERE message_id = ?3 AND user = ?4 AND app = ?5 AND {from}"
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut changed = 0;
+    for id in ids {
+        changed += stmt.execute(params![status_code(status), now, *id as i64, user, app])?;
+    }
+    Ok(Written::Count(changed as u64))
+}
+
+fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<MessageRecord> {
+    let content: String = row.get(7)?;
+    Ok(MessageRecord {
+        id: row.get::<_, i64>(0)?.to_string(),
+        app: row.get(1)?,
+        title: row.get(2)?,
+        kind: row.get(3)?,
+        component: row.get(4)?,
+        sender: row.get(5)?,
+        agents: agents_from(row.get(6)?),
+        content: raw(content),
+        created: row.get(8)?,
+        expires: row.get(9)?,
+        summary: BTreeMap::new(),
+        recipients: None,
+    })
+}
+
+/// Content was valid JSON when stored; a damaged row still comes back as a JSON string.
+fn raw(content: String) -> Box<RawValue> {
+    RawValue::from_string(content).unwrap_or_else(|e| {
+        RawValue::from_string(serde_json::Value::String(e.to_string()).to_string())
+            .unwrap_or_default()
+    })
+}
+
+fn summaries(conn: &Connection, records: &mut [MessageRecord]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, COUNT(*) FROM recipients WHERE message_id = ?1 GROUP BY status",
+    )?;
+    for record in records {
+        let id: i64 = record.id.parse().unwrap_or_default();
+        let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (status, count) = row?;
+            record.summary.insert(status_from(status), count as u64);
+        }
+    }
+    Ok(())
+}
+
+const RECORD_COLUMNS: &str =
+    "m.id, m.app, m.title, m.kind, m.component, m.sender, m.agents, m.content, m.created, m.expires";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert(&self, message: NewMessage) -> Result<(), StoreError> {
+        self.count(Write::Insert(message)).await.map(|_| ())
+    }
+
+    async fn pending(
+        &self,
+        app: &str,
+        user: &str,
+        agent: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PushedMessage>, StoreError> {
+        let (app, user, agent) = (app.to_owned(), user.to_owned(), agent.map(str::to_owned));
+        self.read(move |conn| {
+            let now = crate::id::now_ms() as i64;
+            let mut stmt = conn.prepare_cached(
+                "SELECT m.id, m.title, m.kind, m.component, m.sender, m.created, m.content
+                 FROM recipients r JOIN messages m ON m.id = r.message_id
+                 WHERE r.app = ?1 AND r.user = ?2 AND r.status = 0 AND r.message_id > ?3
+                   AND m.expires > ?4
+                   AND (?5 IS NULL OR m.agents IS NULL OR instr(m.agents, ',' || ?5 || ',') > 0)
+                 ORDER BY r.message_id LIMIT ?6",
+            )?;
+            let rows = stmt.query_map(
+                params![app, user, after as i64, now, agent, limit as i64],
+                |row| {
+                    Ok(PushedMessage {
+                        id: row.get::<_, i64>(0)?.to_string(),
+                        title: row.get(1)?,
+                        kind: row.get(2)?,
+                        component: row.get(3)?,
+                        sender: row.get(4)?,
+                        created: row.get(5)?,
+                        ack: true,
+                        event_data: EventData {
+                            ext: raw(row.get(6)?),
+                        },
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn mark_delivered(
+        &self,
+        app: &str,
+        user: &str,
+        ids: Vec<u64>,
+    ) -> Result<u64, StoreError> {
+        self.count(Write::Delivered {
+            app: app.to_owned(),
+            user: user.to_owned(),
+            ids,
+        })
+        .await
+    }
+
+    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<u64, StoreError> {
+        self.count(Write::Ack {
+            app: app.to_owned(),
+            user: user.to_owned(),
+            ids,
+        })
+        .await
+    }
+
+    async fn list(&self, query: MessageQuery) -> Result<Page<MessageRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut filters = Vec::new();
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut add = |clause: &str, value: rusqlite::types::Value| {
+                args.push(value);
+                filters.push(clause.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(app) = query.app {
+                add("m.app = ?", app.into());
+            }
+            if let Some(sender) = query.sender {
+                add("m.sender = ?", sender.into());
+            }
+            if let Some(component) = query.component {
+                add("m.component = ?", component.into());
+            }
+            if let Some(from) = query.from {
+                add("m.created >= ?", from.into());
+            }
+            if let Some(to) = query.to {
+                add("m.created < ?", to.into());
+            }
+            match (query.receiver, query.status) {
+                (Some(receiver), Some(status)) => {
+                    args.push(receiver.into());
+                    args.push(status_code(status).into());
+                    filters.push(format!(
+                        "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.user = ?{} AND r.status = ?{})",
+                        args.len() - 1,
+                        args.len()
+                    ));
+                }
+                (Some(receiver), None) => add(
+                    "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.user = ?)",
+                    receiver.into(),
+                ),
+                (None, Some(status)) => add(
+                    "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = ?)",
+                    status_code(status).into(),
+                ),
+                (None, None) => {}
+            }
+            let filter = if filters.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", filters.join(" AND "))
+            };
+            let total: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM messages m {filter}"),
+                params_from_iter(args.iter()),
+                |r| r.get(0),
+            )?;
+            let size = query.size.clamp(1, 1000);
+            let page = query.page.max(1);
+            let offset = (page - 1).saturating_mul(size);
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM messages m {filter} ORDER BY m.id DESC LIMIT {size} OFFSET {offset}"
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let mut items = stmt
+                .query_map(params_from_iter(args.iter()), record_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            summaries(conn, &mut items)?;
+            Ok(Page {
+                items,
+                page,
+                size,
+                total: total as u64,
+            })
+        })
+        .await
+    }
+
+    async fn get(&self, id: u64) -> Result<Option<MessageRecord>, StoreError> {
+        self.read(move |conn| {
+            let record = conn
+                .query_row(
+                    &format!("SELECT {RECORD_COLUMNS} FROM messages m WHERE m.id = ?1"),
+                    [id as i64],
+                    record_from_row,
+                )
+                .optional()?;
+            let Some(mut record) = record else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT user, status, updated FROM recipients WHERE message_id = ?1 ORDER BY user",
+            )?;
+            let recipients = stmt
+                .query_map([id as i64], |r| {
+                    Ok(RecipientStatus {
+                        user: r.get(0)?,
+                        status: status_from(r.get(1)?),
+                        updated: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for r in &recipients {
+                *record.summary.entry(r.status).or_default() += 1;
+            }
+            record.recipients = Some(recipients);
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn delete(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.count(Write::Delete(id)).await? > 0)
+    }
+
+    async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError> {
+        match self.write(Write::Sweep { now, keep_expired }).await? {
+            Written::Swept(s) => Ok(s),
+            Written::Count(_) => Err(backend("unexpected answer")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn passes_the_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteStore::open(dir.path()).unwrap();
+        super::super::suite::run(&store).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! The behaviour every [`Store`] must show, written once and run against each implementation.
+
+use mps_proto::Status;
+use serde_json::value::RawValue;
+
+use super::{MessageQuery, NewMessage, Store};
+
+fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) -> NewMessage {
+    NewMessage {
+        id,
+        app: "default".into(),
+        title: Some(format!("title {id}")),
+        kind: 1,
+        component: Some("esbm".into()),
+        sender: Some("report".into()),
+        agents: agents.map(|a| a.iter().map(|s| s.to_string()).collect()),
+        content: RawValue::from_string(format!(r#"{{"n":{id}}}"#)).unwrap(),
+        created: 1_000 + id as i64,
+        expires,
+        recipients: recipients.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+const FAR: i64 = i64::MAX / 2;
+
+pub async fn run(store: &dyn Store) {
+    pending_oldest_first_and_filtered_by_agent(store).await;
+    delivery_and_ack_change_status(store).await;
+    listing_filters_and_pages(store).await;
+    delete_and_sweep(store).await;
+}
+
+async fn pending_oldest_first_and_filtered_by_agent(store: &dyn Store) {
+    store.insert(message(12, &["p1"], None, FAR)).await.unwrap();
+    store.insert(message(11, &["p1"], None, FAR)).await.unwrap();
+    store.insert(message(13, &["p1"], Some(&["ios"]), FAR)).await.unwrap();
+    store.insert(message(14, &["p2"], None, FAR)).await.unwrap();
+
+    let all = store.pending("default", "p1", None, 0, 100).await.unwrap();
+    let ids: Vec<_> = all.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["11", "12", "13"]);
+    assert_eq!(all[0].event_data.ext.get(), r#"{"n":11}"#);
+    assert!(all[0].ack);
+
+    let bs = store.pending("default", "p1", Some("bs"), 0, 100).await.unwrap();
+    assert_eq!(bs.len(), 2);
+    let ios = store.pending("default", "p1", Some("ios"), 11, 1).await.unwrap();
+    assert_eq!(ios[0].id, "12");
+    assert!(store.pending("other", "p1", None, 0, 100).await.unwrap().is_empty());
+}
+
+async fn delivery_and_ack_change_status(store: &dyn Store) {
+    store.insert(message(21, &["d1", "d2"], None, FAR)).await.unwrap();
+    assert_eq!(store.mark_delivered("default", "d1", vec![21]).await.unwrap(), 1);
+    assert_eq!(store.mark_delivered("default", "d1", vec![21]).await.unwrap(), 0);
+    assert!(store.pending("default", "d1", None, 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.ack("default", "d1", vec![21, 999]).await.unwrap(), 1);
+    assert_eq!(store.ack("default", "d2", vec![21]).await.unwrap(), 1);
+    // Acked never goes back to delivered.
+    assert_eq!(store.mark_delivered("default", "d2", vec![21]).await.unwrap(), 0);
+    // Another user's ack changes nothing.
+    assert_eq!(store.ack("default", "intruder", vec![21]).await.unwrap(), 0);
+    let record = store.get(21).await.unwrap().unwrap();
+    let recipients = record.recipients.unwrap();
+    assert_eq!(recipients.len(), 2);
+    assert!(recipients.iter().all(|r| r.status == Status::Acked));
+    assert_eq!(record.summary.get(&Status::Acked), Some(&2));
+}
+
+async fn listing_filters_and_pages(store: &dyn Store) {
+    for id in 31..=35 {
+        let mut m = message(id, &["l1"], None, FAR);
+        if id == 35 {
+            m.sender = Some("oa".into());
+        }
+        store.insert(m).await.unwrap();
+    }
+    let page = store
+        .list(MessageQuery {
+            receiver: Some("l1".into()),
+            page: 1,
+            size: 2,
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 5);
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].id, "35", "newest first");
+    assert_eq!(page.items[0].summary.get(&Status::Pending), Some(&1));
+    let by_sender = store
+        .list(MessageQuery {
+            sender: Some("oa".into()),
+            page: 1,
+            size: 10,
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_sender.total, 1);
+    store.ack("default", "l1", vec![31]).await.unwrap();
+    let acked = store
+        .list(MessageQuery {
+            receiver: Some("l1".into()),
+            status: Some(Status::Acked),
+            page: 1,
+            size: 10,
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(acked.total, 1);
+    let window = store
+        .list(MessageQuery {
+            receiver: Some("l1".into()),
+            from: Some(1_000 + 32),
+            to: Some(1_000 + 34),
+            page: 1,
+            size: 10,
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.total, 2);
+}
+
+async fn delete_and_sweep(store: &dyn Store) {
+    store.insert(message(41, &["s1"], None, FAR)).await.unwrap();
+    assert!(store.delete(41).await.unwrap());
+    assert!(!store.delete(41).await.unwrap());
+    assert!(store.get(41).await.unwrap().is_none());
+
+    store.insert(message(42, &["s2"], None, 5_000)).await.unwrap();
+    store.insert(message(43, &["s2"], None, 9_000)).await.unwrap();
+    store.ack("default", "s2", vec![43]).await.unwrap();
+    let swept = store.sweep(10_000, 4_000).await.unwrap();
+    assert_eq!(swept.expired, 1, "only the unacked one expires");
+    assert_eq!(swept.deleted, 1, "only the one expired before the retention");
+    assert!(store.get(42).await.unwrap().is_none());
+    let kept = store.get(43).await.unwrap().unwrap();
+    assert_eq!(kept.recipients.unwrap()[0].status, Status::Acked);
+}
