@@ -283,8 +283,11 @@ impl Api {
     }
 
     pub async fn send(&self, message: &SendMessage) -> Result<SendResult> {
-        self.call(self.admin(reqwest::Method::POST, "/api/v1/messages").json(message))
-            .await
+        self.call(
+            self.admin(reqwest::Method::POST, "/api/v1/messages")
+                .json(message),
+        )
+        .await
     }
 
     pub async fn token(&self, user: &str) -> Result<TokenResponse> {
@@ -293,14 +296,20 @@ impl Api {
             app: None,
             ttl: None,
         };
-        self.call(self.admin(reqwest::Method::POST, "/api/v1/tokens").json(&body))
-            .await
+        self.call(
+            self.admin(reqwest::Method::POST, "/api/v1/tokens")
+                .json(&body),
+        )
+        .await
     }
 
     /// Pages message records; `query` holds the filter pairs (`status`, `receiver`, `page`...).
     pub async fn messages<Q: Serialize + ?Sized>(&self, query: &Q) -> Result<Page<MessageRecord>> {
-        self.call(self.admin(reqwest::Method::GET, "/api/v1/messages").query(query))
-            .await
+        self.call(
+            self.admin(reqwest::Method::GET, "/api/v1/messages")
+                .query(query),
+        )
+        .await
     }
 
     pub async fn message(&self, id: &str) -> Result<MessageRecord> {

@@ -99,11 +99,7 @@ impl Authenticator {
                     .as_deref()
                     .ok_or_else(|| KeyError::NoPublicKey(config.algorithm.clone()))?;
                 let public = read(public)?;
-                let private = config
-                    .private_key_file
-                    .as_deref()
-                    .map(read)
-                    .transpose()?;
+                let private = config.private_key_file.as_deref().map(read).transpose()?;
                 if algorithm == Algorithm::RS256 {
                     (
                         DecodingKey::from_rsa_pem(&public)?,

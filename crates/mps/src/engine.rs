@@ -211,7 +211,8 @@ impl Engine {
                 frame,
             })
             .await;
-        metrics::counter!("mps_messages_accepted_total", "class" => class_label(class)).increment(1);
+        metrics::counter!("mps_messages_accepted_total", "class" => class_label(class))
+            .increment(1);
         match published {
             Ok(_) => {}
             // Durable already: the recipients get it from the store when they (re)connect.

@@ -112,12 +112,8 @@ fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
 
 /// Builds the authenticator from the configuration and resolved secrets.
 pub fn authenticator(config: &Config, secrets: &Secrets) -> anyhow::Result<Authenticator> {
-    Authenticator::new(
-        &config.auth,
-        secrets.admin_key.clone(),
-        &secrets.jwt_secret,
-    )
-    .context("auth configuration")
+    Authenticator::new(&config.auth, secrets.admin_key.clone(), &secrets.jwt_secret)
+        .context("auth configuration")
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -168,7 +164,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         if state.config.admin_key.is_some() {
             "configured".to_owned()
         } else {
-            state.config.data_dir.join("admin.key").display().to_string()
+            state
+                .config
+                .data_dir
+                .join("admin.key")
+                .display()
+                .to_string()
         }
     );
     tracing::info!(%local_addr, node = %node, "mps serving");

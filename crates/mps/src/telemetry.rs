@@ -49,7 +49,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("mps_connections", "Live client connections on this node");
-    describe_counter!("mps_upgrades_total", "WebSocket upgrade requests, by endpoint");
+    describe_counter!(
+        "mps_upgrades_total",
+        "WebSocket upgrade requests, by endpoint"
+    );
     describe_counter!("mps_logins_total", "Sessions opened, by transport");
     describe_counter!("mps_disconnects_total", "Sessions ended, by reason");
     describe_counter!(

@@ -30,14 +30,7 @@ fn describe(conn: &Conn, node: &str) -> OnlineClient {
 
 pub async fn list(_: Admin, State(state): State<Arc<ServerState>>) -> Json<Vec<OnlineClient>> {
     let node = state.hub.node();
-    Json(
-        state
-            .hub
-            .list()
-            .iter()
-            .map(|c| describe(c, node))
-            .collect(),
-    )
+    Json(state.hub.list().iter().map(|c| describe(c, node)).collect())
 }
 
 pub async fn disconnect(

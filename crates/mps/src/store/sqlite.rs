@@ -359,8 +359,7 @@ fn summaries(conn: &Connection, records: &mut [MessageRecord]) -> rusqlite::Resu
     Ok(())
 }
 
-const RECORD_COLUMNS: &str =
-    "m.id, m.app, m.title, m.kind, m.component, m.sender, m.agents, m.content, m.created, m.expires";
+const RECORD_COLUMNS: &str = "m.id, m.app, m.title, m.kind, m.component, m.sender, m.agents, m.content, m.created, m.expires";
 
 #[async_trait]
 impl Store for SqliteStore {

@@ -33,7 +33,10 @@ pub async fn run(store: &dyn Store) {
 async fn pending_oldest_first_and_filtered_by_agent(store: &dyn Store) {
     store.insert(message(12, &["p1"], None, FAR)).await.unwrap();
     store.insert(message(11, &["p1"], None, FAR)).await.unwrap();
-    store.insert(message(13, &["p1"], Some(&["ios"]), FAR)).await.unwrap();
+    store
+        .insert(message(13, &["p1"], Some(&["ios"]), FAR))
+        .await
+        .unwrap();
     store.insert(message(14, &["p2"], None, FAR)).await.unwrap();
 
     let all = store.pending("default", "p1", None, 0, 100).await.unwrap();
@@ -42,22 +45,61 @@ async fn pending_oldest_first_and_filtered_by_agent(store: &dyn Store) {
     assert_eq!(all[0].event_data.ext.get(), r#"{"n":11}"#);
     assert!(all[0].ack);
 
-    let bs = store.pending("default", "p1", Some("bs"), 0, 100).await.unwrap();
+    let bs = store
+        .pending("default", "p1", Some("bs"), 0, 100)
+        .await
+        .unwrap();
     assert_eq!(bs.len(), 2);
-    let ios = store.pending("default", "p1", Some("ios"), 11, 1).await.unwrap();
+    let ios = store
+        .pending("default", "p1", Some("ios"), 11, 1)
+        .await
+        .unwrap();
     assert_eq!(ios[0].id, "12");
-    assert!(store.pending("other", "p1", None, 0, 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .pending("other", "p1", None, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn delivery_and_ack_change_status(store: &dyn Store) {
-    store.insert(message(21, &["d1", "d2"], None, FAR)).await.unwrap();
-    assert_eq!(store.mark_delivered("default", "d1", vec![21]).await.unwrap(), 1);
-    assert_eq!(store.mark_delivered("default", "d1", vec![21]).await.unwrap(), 0);
-    assert!(store.pending("default", "d1", None, 0, 10).await.unwrap().is_empty());
+    store
+        .insert(message(21, &["d1", "d2"], None, FAR))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .mark_delivered("default", "d1", vec![21])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .mark_delivered("default", "d1", vec![21])
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        store
+            .pending("default", "d1", None, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.ack("default", "d1", vec![21, 999]).await.unwrap(), 1);
     assert_eq!(store.ack("default", "d2", vec![21]).await.unwrap(), 1);
     // Acked never goes back to delivered.
-    assert_eq!(store.mark_delivered("default", "d2", vec![21]).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .mark_delivered("default", "d2", vec![21])
+            .await
+            .unwrap(),
+        0
+    );
     // Another user's ack changes nothing.
     assert_eq!(store.ack("default", "intruder", vec![21]).await.unwrap(), 0);
     let record = store.get(21).await.unwrap().unwrap();
@@ -130,12 +172,21 @@ async fn delete_and_sweep(store: &dyn Store) {
     assert!(!store.delete(41).await.unwrap());
     assert!(store.get(41).await.unwrap().is_none());
 
-    store.insert(message(42, &["s2"], None, 5_000)).await.unwrap();
-    store.insert(message(43, &["s2"], None, 9_000)).await.unwrap();
+    store
+        .insert(message(42, &["s2"], None, 5_000))
+        .await
+        .unwrap();
+    store
+        .insert(message(43, &["s2"], None, 9_000))
+        .await
+        .unwrap();
     store.ack("default", "s2", vec![43]).await.unwrap();
     let swept = store.sweep(10_000, 4_000).await.unwrap();
     assert_eq!(swept.expired, 1, "only the unacked one expires");
-    assert_eq!(swept.deleted, 1, "only the one expired before the retention");
+    assert_eq!(
+        swept.deleted, 1,
+        "only the one expired before the retention"
+    );
     assert!(store.get(42).await.unwrap().is_none());
     let kept = store.get(43).await.unwrap().unwrap();
     assert_eq!(kept.recipients.unwrap()[0].status, Status::Acked);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use mps_proto::{Frame, PROTOCOL_VERSION, SessionInfo, close, frame::kind};
@@ -30,11 +31,21 @@ use socket::{Inbound, Socket};
 pub async fn protocol_ws(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     metrics::counter!("mps_upgrades_total", "endpoint" => "ws").increment(1);
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => return not_websocket(e),
+    };
     socket::configure(upgrade, &state.config.connection)
         .on_upgrade(move |ws| open_session(state, Socket::new(ws), remote))
+}
+
+/// A plain HTTP request (or a broken handshake) on a WebSocket endpoint.
+fn not_websocket(rejection: WebSocketUpgradeRejection) -> Response {
+    count_bad_input("not_websocket");
+    ApiError::new(rejection.status(), "not_websocket", rejection.body_text()).into_response()
 }
 
 /// Reads and checks the open frame, then runs the session.
@@ -59,7 +70,9 @@ async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: Socke
         Inbound::Closed => return,
         Inbound::Binary | Inbound::Alive => {
             count_bad_input("open_expected");
-            socket.close(close::PROTOCOL, "expected an open frame").await;
+            socket
+                .close(close::PROTOCOL, "expected an open frame")
+                .await;
             return;
         }
     };
@@ -69,7 +82,10 @@ async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: Socke
         Ok(frame) if frame.kind != kind::OPEN => Err((
             close::PROTOCOL,
             frame.seq,
-            refuse("open_expected", format!("expected Type 1, got {}", frame.kind)),
+            refuse(
+                "open_expected",
+                format!("expected Type 1, got {}", frame.kind),
+            ),
         )),
         Ok(frame) => check_open(&state, frame),
     };
@@ -207,7 +223,7 @@ pub async fn simple_ws(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
     Query(query): Query<SimpleQuery>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     metrics::counter!("mps_upgrades_total", "endpoint" => "websocket").increment(1);
     let identity = match state.auth.verify(&token) {
@@ -241,6 +257,10 @@ pub async fn simple_ws(
         transport: "websocket-simple",
         login: now_ms() as i64,
         remote,
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => return not_websocket(e),
     };
     socket::configure(upgrade, &state.config.connection).on_upgrade(move |ws| async move {
         let conn = state.hub.register(info, components);

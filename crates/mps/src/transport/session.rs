@@ -267,8 +267,12 @@ impl Session<'_> {
                 }
             }
             kind::OPEN => {
-                let reply =
-                    Frame::error(kind::ERROR, seq, "already_open", "the session is already open");
+                let reply = Frame::error(
+                    kind::ERROR,
+                    seq,
+                    "already_open",
+                    "the session is already open",
+                );
                 return self.reject(socket, "already_open", reply).await;
             }
             other => {

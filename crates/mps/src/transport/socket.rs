@@ -31,7 +31,7 @@ pub enum Failure {
 /// Applies the per-connection limits and buffer sizes to an upgrade.
 pub fn configure(upgrade: WebSocketUpgrade, limits: &ConnectionConfig) -> WebSocketUpgrade {
     upgrade
-        .read_buffer_size(4096)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(limits.max_frame)
         .max_frame_size(limits.max_frame)

@@ -154,3 +154,171 @@ pub fn message(content: &str, receiver: Option<&[&str]>) -> SendMessage {
         app: None,
     }
 }
+
+// ---- Helpers for raw WebSocket, HTTP and polling, shared by the integration tests. ----
+
+pub type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Polls `check` until it returns true, failing after `WAIT`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The exact open frame a browser sends, as raw text.
+pub fn open_text(token: &str, user: &str, agent: &str, components: &[&str]) -> String {
+    serde_json::json!({
+        "Type": 1,
+        "Seq": 231,
+        "Version": 1,
+        "Client": {"agent": agent, "user": user, "way": "websocket", "componentSet": components},
+        "Security": {"token": token},
+    })
+    .to_string()
+}
+
+/// A WebSocket to `url` with no session opened.
+pub async fn raw_ws(url: &str) -> RawWs {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connect")
+        .0
+}
+
+/// What a raw WebSocket saw next.
+#[derive(Debug)]
+pub enum Seen {
+    Json(serde_json::Value),
+    /// Close code (1006 when the stream ended without a close frame).
+    Closed(u16),
+}
+
+/// The next text frame (as JSON) or the close, skipping pings and pongs; fails after `WAIT`.
+pub async fn next_seen(ws: &mut RawWs) -> Seen {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(text))) => {
+                    return Seen::Json(serde_json::from_str(text.as_str()).expect("json frame"));
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Seen::Closed(frame.map(|f| f.code.into()).unwrap_or(1005));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Seen::Closed(1006),
+            }
+        }
+    })
+    .await
+    .expect("nothing from the server in time")
+}
+
+/// The next text frame as JSON; panics on a close.
+pub async fn next_json(ws: &mut RawWs) -> serde_json::Value {
+    match next_seen(ws).await {
+        Seen::Json(value) => value,
+        Seen::Closed(code) => panic!("closed with {code} while a frame was expected"),
+    }
+}
+
+/// Reads until the close; returns the frames seen before it and the close code.
+pub async fn until_close(ws: &mut RawWs) -> (Vec<serde_json::Value>, u16) {
+    let mut frames = Vec::new();
+    loop {
+        match next_seen(ws).await {
+            Seen::Json(value) => frames.push(value),
+            Seen::Closed(code) => return (frames, code),
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut RawWs, text: impl Into<String>) {
+    use futures_util::SinkExt;
+    ws.send(WsMessage::text(text.into())).await.expect("send");
+}
+
+impl Server {
+    /// A raw WebSocket on `/ws` with a session opened by the browser's open frame; the open
+    /// answer has been read.
+    pub async fn open_raw(&self, user: &str, agent: &str, components: &[&str]) -> RawWs {
+        let token = self.token(user).await;
+        let mut ws = raw_ws(&self.ws()).await;
+        send_text(&mut ws, open_text(&token, user, agent, components)).await;
+        let answer = next_json(&mut ws).await;
+        assert_eq!(answer["Type"], 2, "open answer: {answer}");
+        assert!(answer["Session"]["id"].is_string(), "open answer: {answer}");
+        ws
+    }
+
+    /// `GET /metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Connection ids of the online clients of `user`.
+    pub async fn client_ids(&self, user: &str) -> Vec<String> {
+        self.api()
+            .clients()
+            .await
+            .expect("clients")
+            .into_iter()
+            .filter(|c| c.user == user)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// Waits until `user` has exactly `count` connections listed.
+    pub async fn wait_clients(&self, user: &str, count: usize) {
+        eventually(&format!("{user} to have {count} connections"), || async {
+            self.client_ids(user).await.len() == count
+        })
+        .await;
+    }
+}
+
+/// A client token signed with `secret` for `user`, expiring at `exp` (Unix seconds).
+pub fn signed_token(secret: &str, user: &str, exp: i64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// The code of a `mps_client::Error::Refused`, with its HTTP status.
+pub fn refused(error: mps_client::Error) -> (u16, String) {
+    match error {
+        mps_client::Error::Refused { status, error } => (status, error.code),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}

@@ -1,0 +1,385 @@
+//! The HTTP API against the real binary: tokens, message records, online clients, pull and ack.
+
+mod common;
+
+use common::*;
+use mps_client::proto::{DeliveryClass, ErrorResponse, Status};
+use mps_client::{Api, PushClient};
+use serde_json::Value;
+
+/// `POST /api/v1/tokens` with a raw HTTP client and the given `Authorization` value.
+async fn post_token(server: &Server, auth: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/api/v1/tokens", server.http()))
+        .json(&serde_json::json!({"user": "alice"}));
+    if let Some(auth) = auth {
+        request = request.header("Authorization", auth);
+    }
+    request.send().await.expect("post token")
+}
+
+/// Asserts a JSON error body `{"error":{"code":..,"message":..}}` and returns its code.
+async fn error_code(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    let body: ErrorResponse = response.json().await.expect("json error body");
+    assert!(!body.error.message.is_empty());
+    body.error.code
+}
+
+#[tokio::test]
+async fn tokens_come_with_the_default_line_url_and_need_the_admin_key() {
+    let server = Server::start();
+    let issued = server.api().token("alice").await.unwrap();
+    assert_eq!(issued.user, "alice");
+    assert_eq!(issued.app, "default");
+    assert!(issued.expires > unix_now());
+    assert_eq!(issued.urls.len(), 1, "{:?}", issued.urls);
+    assert_eq!(issued.urls["default"], format!("ws://{}/ws", server.addr));
+    // The token opens a session.
+    let client = PushClient::open(
+        &issued.urls["default"],
+        &issued.token,
+        client_info("alice", "bs", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.session.user, "alice");
+
+    let missing = error_code(post_token(&server, None).await, 401).await;
+    assert_eq!(missing, "missing_token");
+    let wrong = error_code(post_token(&server, Some("Bearer not-the-key")).await, 401).await;
+    assert_eq!(wrong, "wrong_key");
+    let not_bearer = error_code(post_token(&server, Some(ADMIN_KEY)).await, 401).await;
+    assert_eq!(not_bearer, "missing_token");
+    let ok = post_token(&server, Some(&format!("Bearer {ADMIN_KEY}"))).await;
+    assert_eq!(ok.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn tokens_carry_the_configured_lines() {
+    let server = Server::with_env(&[("MPS_LINES__INTRANET", "ws://10.0.0.1:8080/ws")]);
+    let issued = server.api().token("alice").await.unwrap();
+    assert_eq!(issued.urls["intranet"], "ws://10.0.0.1:8080/ws");
+    assert!(!issued.urls.contains_key("default"), "{:?}", issued.urls);
+}
+
+#[tokio::test]
+async fn message_records_page_filter_track_status_and_delete() {
+    let server = Server::start();
+    let api = server.api();
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let mut m = message(&format!(r#"{{"n":{n}}}"#), Some(&["alice", "bob"]));
+        m.sender = Some(if n % 2 == 0 { "even" } else { "odd" }.into());
+        m.component = Some("esbm".into());
+        let result = api.send(&m).await.unwrap();
+        assert_eq!(result.class, DeliveryClass::Directed);
+        assert_eq!(result.recipients, 2);
+        sent.push(result.id);
+    }
+    let to_carol = api
+        .send(&message(r#"{"n":"carol"}"#, Some(&["carol"])))
+        .await
+        .unwrap()
+        .id;
+    // Live-only messages leave no record.
+    api.send(&message(r#"{"n":"all"}"#, None)).await.unwrap();
+
+    let all = api.messages(&[("size", "100")]).await.unwrap();
+    assert_eq!(all.total, 6);
+    assert_eq!(all.items[0].id, to_carol, "newest first");
+
+    // Paging: 6 records, pages of 4.
+    let first = api.messages(&[("size", "4"), ("page", "1")]).await.unwrap();
+    let second = api.messages(&[("size", "4"), ("page", "2")]).await.unwrap();
+    assert_eq!((first.page, first.size, first.total), (1, 4, 6));
+    assert_eq!(first.items.len(), 4);
+    assert_eq!(second.items.len(), 2);
+    let mut paged: Vec<_> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|r| r.id.clone())
+        .collect();
+    let mut expected: Vec<_> = sent.iter().cloned().chain([to_carol.clone()]).collect();
+    paged.sort();
+    expected.sort();
+    assert_eq!(paged, expected);
+    let beyond = api.messages(&[("size", "4"), ("page", "3")]).await.unwrap();
+    assert!(beyond.items.is_empty());
+
+    // Filters.
+    let ids = |page: mps_client::proto::Page<mps_client::proto::MessageRecord>| {
+        let mut ids: Vec<_> = page.items.into_iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(api.messages(&[("receiver", "carol")]).await.unwrap()),
+        vec![to_carol.clone()]
+    );
+    assert_eq!(
+        ids(api.messages(&[("receiver", "bob")]).await.unwrap()),
+        sent
+    );
+    assert_eq!(
+        ids(api.messages(&[("sender", "odd")]).await.unwrap()),
+        vec![sent[1].clone(), sent[3].clone()]
+    );
+    assert_eq!(
+        ids(api.messages(&[("component", "esbm")]).await.unwrap()),
+        sent
+    );
+    assert_eq!(
+        api.messages(&[("component", "nope")]).await.unwrap().total,
+        0
+    );
+    let created: Vec<i64> = {
+        let mut list = Vec::new();
+        for id in &sent {
+            list.push(api.message(id).await.unwrap().created);
+        }
+        list
+    };
+    let window = api
+        .messages(&[
+            ("from", created[1].to_string()),
+            ("to", (created[3] + 1).to_string()),
+            ("sender", "odd".to_owned()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids(window), vec![sent[1].clone(), sent[3].clone()]);
+    let empty_window = api
+        .messages(&[
+            ("from", (created[4] + 1).to_string()),
+            ("receiver", "alice".to_owned()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(empty_window.total, 0);
+    assert_eq!(
+        api.messages(&[("status", "pending")]).await.unwrap().total,
+        6
+    );
+    assert_eq!(api.messages(&[("status", "acked")]).await.unwrap().total, 0);
+
+    // Per-recipient status: pending, delivered after a live push, acked after an ack.
+    let record = api.message(&sent[0]).await.unwrap();
+    let statuses = record.recipients.unwrap();
+    assert_eq!(statuses.len(), 2);
+    assert!(statuses.iter().all(|r| r.status == Status::Pending));
+    let mut dave = server.connect("dave", "bs", &[]).await;
+    let live = api
+        .send(&message(r#"{"live":1}"#, Some(&["dave"])))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(dave.next_push(WAIT).await.unwrap().id, live);
+    let status_of = |id: String| {
+        let api = api.clone();
+        async move { api.message(&id).await.unwrap().recipients.unwrap()[0].status }
+    };
+    eventually("the live push to be recorded as delivered", || async {
+        status_of(live.clone()).await == Status::Delivered
+    })
+    .await;
+    let delivered = api
+        .messages(&[("receiver", "dave"), ("status", "delivered")])
+        .await
+        .unwrap();
+    assert_eq!(ids(delivered), vec![live.clone()]);
+    assert_eq!(dave.ack(std::slice::from_ref(&live)).await.unwrap(), 1);
+    assert_eq!(status_of(live.clone()).await, Status::Acked);
+    let record = api.message(&live).await.unwrap();
+    assert_eq!(record.summary.get(&Status::Acked), Some(&1));
+    assert_eq!(
+        api.messages(&[("receiver", "dave"), ("status", "pending")])
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+
+    // Delete: 204, then 404.
+    let http = reqwest::Client::new();
+    let delete = |id: String| {
+        http.delete(format!("{}/api/v1/messages/{id}", server.http()))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+    };
+    assert_eq!(
+        delete(to_carol.clone()).await.unwrap().status().as_u16(),
+        204
+    );
+    let again = delete(to_carol.clone()).await.unwrap();
+    assert_eq!(error_code(again, 404).await, "not_found");
+    assert_eq!(
+        refused(api.message(&to_carol).await.unwrap_err()),
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        api.messages(&[("receiver", "carol")]).await.unwrap().total,
+        0
+    );
+
+    // Bad id and bad filters: 400 with a JSON error.
+    let get = |path: &str| {
+        http.get(format!("{}{path}", server.http()))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+    };
+    let bad_id = get("/api/v1/messages/not-a-number").await.unwrap();
+    assert_eq!(error_code(bad_id, 400).await, "invalid_id");
+    let bad_delete = delete("-1".into()).await.unwrap();
+    assert_eq!(error_code(bad_delete, 400).await, "invalid_id");
+    let bad_status = get("/api/v1/messages?status=read").await.unwrap();
+    assert_eq!(error_code(bad_status, 400).await, "bad_query");
+    let bad_size = get("/api/v1/messages?size=0").await.unwrap();
+    assert_eq!(error_code(bad_size, 400).await, "bad_query");
+    let bad_page = get("/api/v1/messages?page=first").await.unwrap();
+    assert_eq!(error_code(bad_page, 400).await, "bad_query");
+    let unknown = get("/api/v1/messages?colour=red").await.unwrap();
+    assert_eq!(error_code(unknown, 400).await, "bad_query");
+}
+
+#[tokio::test]
+async fn clients_are_listed_and_can_be_disconnected() {
+    let server = Server::start();
+    let token = server.token("alice").await;
+    let mut info = client_info("alice", "ios", &["esbm"]);
+    info.device = Some("phone-7".into());
+    let before = unix_now() * 1000;
+    let mut phone = PushClient::open(&server.ws(), &token, info).await.unwrap();
+    let browser = server.open_raw("alice", "bs", &[]).await;
+    let mut simple = PushClient::connect_simple(&format!(
+        "ws://{}/websocket/{}?agent=cs&device=desk-1",
+        server.addr,
+        server.token("bob").await
+    ))
+    .await
+    .unwrap();
+    server.wait_clients("bob", 1).await;
+
+    let clients = server.api().clients().await.unwrap();
+    assert_eq!(clients.len(), 3, "{clients:?}");
+    let listed = clients.iter().find(|c| c.id == phone.session.id).unwrap();
+    assert_eq!(listed.user, "alice");
+    assert_eq!(listed.app, "default");
+    assert_eq!(listed.agent, "ios");
+    assert_eq!(listed.device.as_deref(), Some("phone-7"));
+    assert_eq!(listed.transport, "websocket");
+    assert_eq!(listed.components, vec!["esbm".to_owned()]);
+    assert!(listed.login >= before - 1000 && listed.login <= unix_now() * 1000 + 1000);
+    assert!(listed.remote.starts_with("127.0.0.1:"), "{}", listed.remote);
+    assert!(!listed.node.is_empty());
+    let bob = clients.iter().find(|c| c.user == "bob").unwrap();
+    assert_eq!(bob.transport, "websocket-simple");
+    assert_eq!(bob.agent, "cs");
+    assert_eq!(bob.device.as_deref(), Some("desk-1"));
+    let alice_bs = clients
+        .iter()
+        .find(|c| c.user == "alice" && c.agent == "bs")
+        .unwrap();
+    assert_eq!(alice_bs.device, None);
+
+    server.api().disconnect(&phone.session.id).await.unwrap();
+    let (code, _) = phone.closed(WAIT).await.unwrap();
+    assert_eq!(code, 4403);
+    eventually("the kicked client to leave the list", || async {
+        let clients = server.api().clients().await.unwrap();
+        clients.len() == 2 && clients.iter().all(|c| c.id != phone.session.id)
+    })
+    .await;
+    // The others are unaffected.
+    let sent = server
+        .api()
+        .send(&message(r#"{"still":"here"}"#, Some(&["bob"])))
+        .await
+        .unwrap();
+    assert_eq!(simple.next_push(WAIT).await.unwrap().id, sent.id);
+    drop(browser);
+
+    // Unknown connection ids are 404.
+    let (status, code) = refused(server.api().disconnect("999999").await.unwrap_err());
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    let (status, _) = refused(server.api().disconnect("x").await.unwrap_err());
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn pull_collects_once_and_acks_only_own_messages() {
+    let server = Server::start();
+    let api = server.api();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let sent = api
+            .send(&message(&format!(r#"{{"n":{n}}}"#), Some(&["alice"])))
+            .await
+            .unwrap();
+        ids.push(sent.id);
+    }
+    let alice = server.token("alice").await;
+    let bob = server.token("bob").await;
+    // Client calls are on a plain API handle: the admin key plays no part.
+    let client = Api::new(&server.http(), "no-admin-key");
+
+    let collected = client.collect(&alice).await.unwrap();
+    let got: Vec<_> = collected.messages.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(got, ids, "oldest first");
+    assert!(collected.messages.iter().all(|m| m.ack));
+    let ext: Value = serde_json::from_str(collected.messages[2].event_data.ext.get()).unwrap();
+    assert_eq!(ext["n"], 2);
+    for id in &ids {
+        let record = api.message(id).await.unwrap();
+        assert_eq!(record.recipients.unwrap()[0].status, Status::Delivered);
+    }
+    assert!(client.collect(&alice).await.unwrap().messages.is_empty());
+    assert!(client.collect(&bob).await.unwrap().messages.is_empty());
+
+    // Bob cannot ack Alice's messages.
+    assert_eq!(client.ack(&bob, &ids).await.unwrap().acked, 0);
+    assert_eq!(
+        api.message(&ids[0]).await.unwrap().recipients.unwrap()[0].status,
+        Status::Delivered
+    );
+    assert_eq!(client.ack(&alice, &ids[..2]).await.unwrap().acked, 2);
+    assert_eq!(
+        client.ack(&alice, &ids[..2]).await.unwrap().acked,
+        0,
+        "already acked"
+    );
+    let statuses: Vec<_> = {
+        let mut list = Vec::new();
+        for id in &ids {
+            list.push(api.message(id).await.unwrap().recipients.unwrap()[0].status);
+        }
+        list
+    };
+    assert_eq!(statuses, [Status::Acked, Status::Acked, Status::Delivered]);
+    let (status, code) = refused(client.ack(&alice, &["nope".into()]).await.unwrap_err());
+    assert_eq!((status, code.as_str()), (400, "invalid_id"));
+
+    // Client tokens are not admin keys, and admin keys are not client tokens.
+    let as_client = Api::new(&server.http(), &alice);
+    for error in [
+        as_client.clients().await.unwrap_err(),
+        as_client.messages(&[("size", "1")]).await.unwrap_err(),
+        as_client
+            .send(&message("1", Some(&["alice"])))
+            .await
+            .unwrap_err(),
+        as_client.token("mallory").await.unwrap_err(),
+        as_client.message(&ids[0]).await.unwrap_err(),
+        as_client.disconnect("1").await.unwrap_err(),
+    ] {
+        assert_eq!(refused(error), (401, "wrong_key".into()));
+    }
+    let (status, code) = refused(client.collect(ADMIN_KEY).await.unwrap_err());
+    assert_eq!((status, code.as_str()), (401, "invalid_token"));
+    let (status, code) = refused(client.collect("").await.unwrap_err());
+    assert_eq!(status, 401, "{code}");
+    let expired = signed_token(JWT_SECRET, "alice", unix_now() - 120);
+    let (status, code) = refused(client.collect(&expired).await.unwrap_err());
+    assert_eq!((status, code.as_str()), (401, "token_expired"));
+}
