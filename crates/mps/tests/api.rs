@@ -3,27 +3,22 @@
 mod common;
 
 use common::*;
-use mps_client::proto::{DeliveryClass, ErrorResponse, Status};
+use mps_client::proto::{DeliveryClass, Status};
 use mps_client::{Api, PushClient};
 use serde_json::Value;
 
-/// `POST /api/v1/tokens` with a raw HTTP client and the given `Authorization` value.
-async fn post_token(server: &Server, auth: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new()
-        .post(format!("{}/api/v1/tokens", server.http()))
-        .json(&serde_json::json!({"user": "alice"}));
-    if let Some(auth) = auth {
-        request = request.header("Authorization", auth);
-    }
-    request.send().await.expect("post token")
+/// `POST /api/v1/tokens` with the given `Authorization` value.
+async fn post_token(server: &Server, auth: Option<&str>) -> HttpResponse {
+    server
+        .request("POST", "/api/v1/tokens", auth, Some(r#"{"user":"alice"}"#))
+        .await
 }
 
-/// Asserts a JSON error body `{"error":{"code":..,"message":..}}` and returns its code.
-async fn error_code(response: reqwest::Response, status: u16) -> String {
-    assert_eq!(response.status().as_u16(), status);
-    let body: ErrorResponse = response.json().await.expect("json error body");
-    assert!(!body.error.message.is_empty());
-    body.error.code
+/// Asserts the status and a JSON error body `{"error":{"code":..,"message":..}}`; returns the code.
+fn error_code(response: HttpResponse, status: u16) -> String {
+    assert_eq!(response.status, status, "{response:?}");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    response.error_code()
 }
 
 #[tokio::test]
@@ -45,14 +40,16 @@ async fn tokens_come_with_the_default_line_url_and_need_the_admin_key() {
     .unwrap();
     assert_eq!(client.session.user, "alice");
 
-    let missing = error_code(post_token(&server, None).await, 401).await;
+    let missing = error_code(post_token(&server, None).await, 401);
     assert_eq!(missing, "missing_token");
-    let wrong = error_code(post_token(&server, Some("Bearer not-the-key")).await, 401).await;
+    let wrong = error_code(post_token(&server, Some("Bearer not-the-key")).await, 401);
     assert_eq!(wrong, "wrong_key");
-    let not_bearer = error_code(post_token(&server, Some(ADMIN_KEY)).await, 401).await;
+    let not_bearer = error_code(post_token(&server, Some(ADMIN_KEY)).await, 401);
     assert_eq!(not_bearer, "missing_token");
     let ok = post_token(&server, Some(&format!("Bearer {ADMIN_KEY}"))).await;
-    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.status, 200);
+    let issued: mps_client::proto::TokenResponse = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(issued.user, "alice");
 }
 
 #[tokio::test]
@@ -202,18 +199,15 @@ async fn message_records_page_filter_track_status_and_delete() {
     );
 
     // Delete: 204, then 404.
-    let http = reqwest::Client::new();
-    let delete = |id: String| {
-        http.delete(format!("{}/api/v1/messages/{id}", server.http()))
-            .bearer_auth(ADMIN_KEY)
-            .send()
+    let this = &server;
+    let delete = |id: &str| {
+        let path = format!("/api/v1/messages/{id}");
+        async move { this.admin("DELETE", &path).await }
     };
-    assert_eq!(
-        delete(to_carol.clone()).await.unwrap().status().as_u16(),
-        204
-    );
-    let again = delete(to_carol.clone()).await.unwrap();
-    assert_eq!(error_code(again, 404).await, "not_found");
+    let deleted = delete(&to_carol).await;
+    assert_eq!(deleted.status, 204);
+    assert!(deleted.body.is_empty());
+    assert_eq!(error_code(delete(&to_carol).await, 404), "not_found");
     assert_eq!(
         refused(api.message(&to_carol).await.unwrap_err()),
         (404, "not_found".into())
@@ -224,23 +218,18 @@ async fn message_records_page_filter_track_status_and_delete() {
     );
 
     // Bad id and bad filters: 400 with a JSON error.
-    let get = |path: &str| {
-        http.get(format!("{}{path}", server.http()))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-    };
-    let bad_id = get("/api/v1/messages/not-a-number").await.unwrap();
-    assert_eq!(error_code(bad_id, 400).await, "invalid_id");
-    let bad_delete = delete("-1".into()).await.unwrap();
-    assert_eq!(error_code(bad_delete, 400).await, "invalid_id");
-    let bad_status = get("/api/v1/messages?status=read").await.unwrap();
-    assert_eq!(error_code(bad_status, 400).await, "bad_query");
-    let bad_size = get("/api/v1/messages?size=0").await.unwrap();
-    assert_eq!(error_code(bad_size, 400).await, "bad_query");
-    let bad_page = get("/api/v1/messages?page=first").await.unwrap();
-    assert_eq!(error_code(bad_page, 400).await, "bad_query");
-    let unknown = get("/api/v1/messages?colour=red").await.unwrap();
-    assert_eq!(error_code(unknown, 400).await, "bad_query");
+    let get = |path: &'static str| server.admin("GET", path);
+    let bad_id = get("/api/v1/messages/not-a-number").await;
+    assert_eq!(error_code(bad_id, 400), "invalid_id");
+    assert_eq!(error_code(delete("-1").await, 400), "invalid_id");
+    let bad_status = get("/api/v1/messages?status=read").await;
+    assert_eq!(error_code(bad_status, 400), "bad_query");
+    let bad_size = get("/api/v1/messages?size=0").await;
+    assert_eq!(error_code(bad_size, 400), "bad_query");
+    let bad_page = get("/api/v1/messages?page=first").await;
+    assert_eq!(error_code(bad_page, 400), "bad_query");
+    let unknown = get("/api/v1/messages?colour=red").await;
+    assert_eq!(error_code(unknown, 400), "bad_query");
 }
 
 #[tokio::test]

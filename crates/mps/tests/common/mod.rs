@@ -269,12 +269,41 @@ impl Server {
 
     /// `GET /metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.http()))
+        let response = self.request("GET", "/metrics", None, None).await;
+        assert_eq!(response.status, 200);
+        response.body
+    }
+
+    /// One plain HTTP/1.1 request (`auth` is the whole `Authorization` value); no client
+    /// library in between, so tests see exactly what the server answers.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> HttpResponse {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        if let Some(auth) = auth {
+            head.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        raw_http(&self.addr, &format!("{head}\r\n{body}")).await
+    }
+
+    /// `request` with the admin key.
+    pub async fn admin(&self, method: &str, path: &str) -> HttpResponse {
+        self.request(method, path, Some(&format!("Bearer {ADMIN_KEY}")), None)
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body")
     }
 
     /// Connection ids of the online clients of `user`.
@@ -320,5 +349,77 @@ pub fn refused(error: mps_client::Error) -> (u16, String) {
     match error {
         mps_client::Error::Refused { status, error } => (status, error.code),
         other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+/// An HTTP answer: status, lower-cased headers and the (de-chunked) body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as an API error `{"error":{"code","message"}}`; returns the code.
+    pub fn error_code(&self) -> String {
+        let body: mps_client::proto::ErrorResponse = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not an error body ({e}): {}", self.body));
+        assert!(!body.error.message.is_empty(), "{}", self.body);
+        body.error.code
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Writes `request` as is to `addr` and reads the answer until the server closes.
+pub async fn raw_http(addr: &str, request: &str) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
     }
 }
