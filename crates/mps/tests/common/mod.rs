@@ -300,6 +300,17 @@ impl Server {
         raw_http(&self.addr, &format!("{head}\r\n{body}")).await
     }
 
+    /// A JSON `POST` with the admin key.
+    pub async fn admin_post(&self, path: &str, body: &str) -> HttpResponse {
+        self.request(
+            "POST",
+            path,
+            Some(&format!("Bearer {ADMIN_KEY}")),
+            Some(body),
+        )
+        .await
+    }
+
     /// `request` with the admin key.
     pub async fn admin(&self, method: &str, path: &str) -> HttpResponse {
         self.request(method, path, Some(&format!("Bearer {ADMIN_KEY}")), None)
