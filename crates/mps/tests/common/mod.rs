@@ -388,16 +388,38 @@ impl HttpResponse {
     }
 }
 
-/// Writes `request` as is to `addr` and reads the answer until the server closes.
+/// Writes `request` as is to `addr` and reads one answer: up to its `Content-Length`, else until
+/// the server closes.
 pub async fn raw_http(addr: &str, request: &str) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if let Some(length) = length {
+                    if raw.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
         .await
-        .expect("answer in time")
-        .expect("read");
+        .expect("answer in time");
     let text = String::from_utf8(raw).expect("UTF-8 answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
     let mut lines = head.lines();
