@@ -54,6 +54,9 @@ pub struct Conn {
     components: Mutex<Vec<String>>,
     outbox: Mutex<Outbox>,
     wake: Notify,
+    /// Woken (all waiters) when a close is asked for, so that a write stuck on a peer that
+    /// stopped reading can be abandoned.
+    close_asked: Notify,
     capacity: usize,
 }
 
@@ -68,6 +71,7 @@ impl Conn {
                 closing: None,
             }),
             wake: Notify::new(),
+            close_asked: Notify::new(),
             capacity,
         }
     }
@@ -93,6 +97,7 @@ impl Conn {
             drop(outbox);
             metrics::counter!("mps_slow_consumer_disconnects_total").increment(1);
             self.wake.notify_one();
+            self.close_asked.notify_waiters();
             return false;
         }
         let was_empty = outbox.queue.is_empty();
@@ -112,10 +117,23 @@ impl Conn {
         }
         drop(outbox);
         self.wake.notify_one();
+        self.close_asked.notify_waiters();
     }
 
     pub fn closing(&self) -> Option<CloseReason> {
         self.outbox.lock().closing
+    }
+
+    /// Waits until a close is asked for; at once when it already was.
+    pub async fn close_asked(&self) -> CloseReason {
+        loop {
+            // Registered before the check, so a close asked for in between is not missed.
+            let asked = self.close_asked.notified();
+            if let Some(reason) = self.closing() {
+                return reason;
+            }
+            asked.await;
+        }
     }
 
     /// Waits until something was queued or a close was asked for.

@@ -69,23 +69,32 @@ struct Session<'a> {
 impl Session<'_> {
     /// Returns the reason the session ended (a metrics label).
     async fn drive(&mut self, socket: &mut Socket) -> &'static str {
-        if let Err(reason) = self.send_backlog(socket).await {
-            return reason;
-        }
+        let conn = self.conn;
         let limits = &self.state.config.connection;
         let timeout = Duration::from_secs(limits.timeout.max(1));
+        match unless_stalled(conn, timeout, self.send_backlog(socket)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return reason,
+            // The close is handled below, on the wake-up that came with it.
+            Err(Stall::CloseAsked) => {}
+            Err(Stall::Timeout) => return write_timeout(socket).await,
+        }
         let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat.max(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
         let mut batch = Vec::new();
         loop {
             tokio::select! {
-                _ = self.conn.wait() => {
-                    let closing = self.conn.drain(&mut batch);
-                    if !self.write(socket, &mut batch).await {
-                        return "write_failed";
+                _ = conn.wait() => {
+                    let closing = conn.drain(&mut batch);
+                    match unless_stalled(conn, timeout, self.write(socket, &mut batch)).await {
+                        Ok(true) => {}
+                        Ok(false) => return "write_failed",
+                        // Unwritten directed messages stay pending in the store.
+                        Err(Stall::CloseAsked) => batch.clear(),
+                        Err(Stall::Timeout) => return write_timeout(socket).await,
                     }
-                    if let Some(reason) = closing {
+                    if let Some(reason) = closing.or_else(|| conn.closing()) {
                         let (code, text, label) = match reason {
                             CloseReason::SlowConsumer => (close::SLOW_CONSUMER, "outbound queue overflow: reconnect to resume", "slow_consumer"),
                             CloseReason::Kicked => (close::KICKED, "disconnected by operator", "kicked"),
@@ -125,8 +134,11 @@ impl Session<'_> {
                         socket.close(close::TIMEOUT, "heartbeat timeout").await;
                         return "heartbeat_timeout";
                     }
-                    if !socket.ping().await {
-                        return "write_failed";
+                    match unless_stalled(conn, timeout, socket.ping()).await {
+                        Ok(true) => {}
+                        Ok(false) => return "write_failed",
+                        Err(Stall::CloseAsked) => {}
+                        Err(Stall::Timeout) => return write_timeout(socket).await,
                     }
                 }
             }
@@ -310,6 +322,37 @@ impl Session<'_> {
         }
         None
     }
+}
+
+/// Why an outbound write was given up.
+enum Stall {
+    /// A close was asked for (queue overflow, operator, shutdown).
+    CloseAsked,
+    /// The peer took nothing for the connection timeout.
+    Timeout,
+}
+
+/// Runs an outbound write unless a close is asked for, or the timeout passes, first. A peer that
+/// stops reading blocks writes once the socket buffers are full; without this its session would
+/// wait on it forever, never close it and never leave the hub.
+async fn unless_stalled<T>(
+    conn: &Conn,
+    timeout: Duration,
+    write: impl Future<Output = T>,
+) -> Result<T, Stall> {
+    tokio::select! {
+        biased;
+        done = write => Ok(done),
+        _ = conn.close_asked() => Err(Stall::CloseAsked),
+        _ = tokio::time::sleep(timeout) => Err(Stall::Timeout),
+    }
+}
+
+/// Closes a session whose peer accepted nothing for the connection timeout.
+async fn write_timeout(socket: &mut Socket) -> &'static str {
+    metrics::counter!("mps_heartbeat_timeouts_total").increment(1);
+    socket.close(close::TIMEOUT, "peer not reading").await;
+    "write_timeout"
 }
 
 /// Most components one connection may subscribe to.

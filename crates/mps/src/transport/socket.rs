@@ -37,6 +37,9 @@ pub fn configure(upgrade: WebSocketUpgrade, limits: &ConnectionConfig) -> WebSoc
         .max_frame_size(limits.max_frame)
 }
 
+/// Longest wait to hand a close frame to a peer.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Socket {
     inner: WebSocket,
 }
@@ -78,14 +81,18 @@ impl Socket {
         self.inner.send(Message::Ping(Bytes::new())).await.is_ok()
     }
 
-    /// Sends a close frame with a code and reason; the connection is done afterwards.
+    /// Sends a close frame with a code and reason; the connection is done afterwards. Gives up
+    /// after [`CLOSE_WAIT`]: a peer that stopped reading cannot take it.
     pub async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
         };
-        let _ = self.inner.send(Message::Close(Some(frame))).await;
-        let _ = self.inner.flush().await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = self.inner.send(Message::Close(Some(frame))).await;
+            let _ = self.inner.flush().await;
+        })
+        .await;
     }
 }
 
