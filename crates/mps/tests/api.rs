@@ -372,3 +372,113 @@ async fn pull_collects_once_and_acks_only_own_messages() {
     let (status, code) = refused(client.collect(&expired).await.unwrap_err());
     assert_eq!((status, code.as_str()), (401, "token_expired"));
 }
+
+#[tokio::test]
+async fn bad_send_requests_get_json_errors() {
+    let server = Server::with_env(&[("MPS_MESSAGES__MAX_BODY", "4096")]);
+    let post = |body: String| {
+        let server = &server;
+        async move {
+            server
+                .request(
+                    "POST",
+                    "/api/v1/messages",
+                    Some(&format!("Bearer {ADMIN_KEY}")),
+                    Some(&body),
+                )
+                .await
+        }
+    };
+    for (body, status, code) in [
+        (r#"{"content":"#.to_owned(), 400, "bad_json"),
+        (r#"{"receiver":["a"]}"#.to_owned(), 400, "bad_json"),
+        (
+            r#"{"content":1,"colour":"red"}"#.to_owned(),
+            400,
+            "bad_json",
+        ),
+        (
+            r#"{"content":1,"receiver":[]}"#.to_owned(),
+            400,
+            "invalid_receiver",
+        ),
+        (
+            r#"{"content":1,"receiver":[""]}"#.to_owned(),
+            400,
+            "invalid_name",
+        ),
+        (r#"{"content":1,"ttl":0}"#.to_owned(), 400, "invalid_ttl"),
+        (
+            r#"{"content":1,"agents":[]}"#.to_owned(),
+            400,
+            "invalid_agents",
+        ),
+        (
+            format!(r#"{{"content":"{}"}}"#, "x".repeat(5000)),
+            413,
+            "too_large",
+        ),
+    ] {
+        let answer = post(body.clone()).await;
+        assert_eq!(
+            (answer.status, answer.error_code().as_str()),
+            (status, code),
+            "{body:.60}"
+        );
+    }
+    let unauthorized = server
+        .request("POST", "/api/v1/messages", None, Some(r#"{"content":1}"#))
+        .await;
+    assert_eq!(error_code(unauthorized, 401), "missing_token");
+    assert_eq!(
+        server.api().messages(&[("size", "1")]).await.unwrap().total,
+        0
+    );
+    let ok = post(r#"{"content":{"a":1},"receiver":["x","x"]}"#.to_owned()).await;
+    assert_eq!(ok.status, 201, "{ok:?}");
+    let result: mps_client::proto::SendResult = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(result.recipients, 1, "duplicate receivers count once");
+}
+
+#[tokio::test]
+async fn expired_messages_are_not_delivered_and_are_marked_expired() {
+    let server = Server::with_env(&[("MPS_MESSAGES__SWEEP_INTERVAL", "1")]);
+    let api = server.api();
+    let short = mps_client::proto::SendMessage {
+        ttl: Some(1),
+        ..message(r#"{"short":1}"#, Some(&["alice"]))
+    };
+    let gone = api.send(&short).await.unwrap().id;
+    let kept = api
+        .send(&message(r#"{"long":1}"#, Some(&["alice"])))
+        .await
+        .unwrap()
+        .id;
+    eventually("the short-lived message to expire", || async {
+        api.messages(&[("status", "expired"), ("receiver", "alice")])
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|r| r.id == gone)
+    })
+    .await;
+    let mut alice = server.connect("alice", "bs", &[]).await;
+    assert_eq!(
+        alice.next_push(WAIT).await.unwrap().id,
+        kept,
+        "only the live one"
+    );
+    let token = server.token("alice").await;
+    let client = Api::new(&server.http(), "");
+    assert_eq!(
+        client
+            .ack(&token, std::slice::from_ref(&gone))
+            .await
+            .unwrap()
+            .acked,
+        0
+    );
+    let record = api.message(&gone).await.unwrap();
+    assert_eq!(record.recipients.unwrap()[0].status, Status::Expired);
+}

@@ -277,3 +277,44 @@ async fn the_browser_flow_gets_the_content_under_event_data_ext() {
         assert_eq!(acked["Acked"], expected, "{acked}");
     }
 }
+
+#[tokio::test]
+async fn a_backlog_of_several_pages_and_live_sends_during_login_arrive_once_each() {
+    let server = Server::start();
+    let api = server.api();
+    let send_many = |from: usize, count: usize| {
+        let api = api.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for chunk in 0..10 {
+                let api = api.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for n in (from + chunk..from + count).step_by(10) {
+                        let m = message(&format!(r#"{{"n":{n}}}"#), Some(&["erin"]));
+                        ids.push(api.send(&m).await.unwrap().id);
+                    }
+                    ids
+                }));
+            }
+            let mut ids = Vec::new();
+            for task in tasks {
+                ids.extend(task.await.unwrap());
+            }
+            ids
+        }
+    };
+    let mut expected: std::collections::HashSet<String> =
+        send_many(0, 1200).await.into_iter().collect();
+    let live = tokio::spawn(send_many(1200, 200));
+    let mut erin = server.connect("erin", "bs", &[]).await;
+    expected.extend(live.await.unwrap());
+    let mut got = std::collections::HashSet::new();
+    while got.len() < expected.len() {
+        let id = next_id(&mut erin).await;
+        assert!(got.insert(id.clone()), "{id} arrived twice");
+    }
+    assert_eq!(got, expected);
+    let mark = marker(&server, "end").await;
+    assert_eq!(next_id(&mut erin).await, mark, "nothing more");
+}
