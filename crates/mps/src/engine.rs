@@ -125,13 +125,11 @@ impl Engine {
     pub async fn send(&self, req: SendMessage) -> Result<SendResult, EngineError> {
         let app = req.app.unwrap_or_else(|| DEFAULT_APP.to_owned());
         check_name("app", &app)?;
-        if let Some(title) = &req.title {
-            if title.len() > MAX_TITLE {
-                return Err(invalid(
-                    "invalid_title",
-                    format!("title is longer than {MAX_TITLE} bytes"),
-                ));
-            }
+        if req.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE) {
+            return Err(invalid(
+                "invalid_title",
+                format!("title is longer than {MAX_TITLE} bytes"),
+            ));
         }
         for (what, value) in [("component", &req.component), ("sender", &req.sender)] {
             if let Some(value) = value {

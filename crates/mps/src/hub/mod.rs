@@ -155,10 +155,8 @@ impl Hub {
         let agents = envelope.agents.as_deref();
         let mut queued = 0;
         let mut offer = |conn: &Arc<Conn>| {
-            if let Some(agents) = agents {
-                if !agents.iter().any(|a| *a == *conn.info.agent) {
-                    return;
-                }
+            if agents.is_some_and(|agents| !agents.iter().any(|a| *a == *conn.info.agent)) {
+                return;
             }
             let out = Outbound {
                 frame: envelope.frame.clone(),

@@ -148,17 +148,19 @@ fn check_open(state: &ServerState, frame: Frame) -> Result<(Frame, Identity), Re
         .verify(token)
         .map_err(|e| (close::UNAUTHORIZED, seq, (e.code(), e.to_string())))?;
     let client = frame.client.clone().unwrap_or_default();
-    if let Some(user) = &client.user {
-        if *user != identity.user {
-            return Err((
-                close::UNAUTHORIZED,
-                seq,
-                (
-                    "user_mismatch",
-                    "Client.user is not the token's user".to_owned(),
-                ),
-            ));
-        }
+    if client
+        .user
+        .as_ref()
+        .is_some_and(|user| *user != identity.user)
+    {
+        return Err((
+            close::UNAUTHORIZED,
+            seq,
+            (
+                "user_mismatch",
+                "Client.user is not the token's user".to_owned(),
+            ),
+        ));
     }
     match client.way.as_deref() {
         None | Some("websocket") => {}

@@ -404,10 +404,8 @@ pub async fn raw_http(addr: &str, request: &str) -> HttpResponse {
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .and_then(|v| v.trim().parse::<usize>().ok());
-                if let Some(length) = length {
-                    if raw.len() >= end + 4 + length {
-                        break;
-                    }
+                if length.is_some_and(|length| raw.len() >= end + 4 + length) {
+                    break;
                 }
             }
             let n = stream.read(&mut buf).await.expect("read");
