@@ -291,14 +291,19 @@ impl Api {
     }
 
     pub async fn token(&self, user: &str) -> Result<TokenResponse> {
-        let body = TokenRequest {
+        self.token_with(&TokenRequest {
             user: user.to_owned(),
             app: None,
             ttl: None,
-        };
+            topics: None,
+        })
+        .await
+    }
+
+    pub async fn token_with(&self, request: &TokenRequest) -> Result<TokenResponse> {
         self.call(
             self.admin(reqwest::Method::POST, "/api/v1/tokens")
-                .json(&body),
+                .json(request),
         )
         .await
     }

@@ -23,6 +23,10 @@ pub struct SendMessage {
     pub kind: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
+    /// Publish to this topic (`alarms/site1/room2`): kept in the topic's retained log and
+    /// delivered to every client whose topic patterns match. Not combined with `receiver`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Only connections of these agents receive it (`["ios","bs"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<Vec<String>>,
@@ -44,6 +48,8 @@ pub enum DeliveryClass {
     Directed,
     /// To every online client subscribed to a component, live only.
     Component,
+    /// To every client whose topic patterns match, kept in the topic's retained log.
+    Topic,
     /// To every online client of the app, live only.
     Broadcast,
 }
@@ -147,13 +153,17 @@ pub struct OnlineClient {
     pub agent: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// `websocket` (Message Push Protocol) or `websocket-simple` (`/websocket/{token}`).
+    /// `websocket` (Message Push Protocol), `websocket-simple` (`/websocket/{token}`), `sse`
+    /// or `poll` (a long poll in progress).
     pub transport: String,
     /// Login time.
     pub login: i64,
     pub remote: String,
     pub node: String,
     pub components: Vec<String>,
+    /// Topic patterns.
+    #[serde(default)]
+    pub topics: Vec<String>,
 }
 
 /// `POST /api/v1/tokens`.
@@ -166,6 +176,9 @@ pub struct TokenRequest {
     /// Lifetime in seconds (default from configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// Topic patterns the token may subscribe to; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
 }
 
 /// A client token and where clients connect with it, per network line (`intranet`, `internet`...).

@@ -25,6 +25,9 @@ pub mod kind {
     pub const SUBSCRIBE: u8 = 8;
     /// Server reports an error about a client frame (`Error`), echoing its `Seq`.
     pub const ERROR: u8 = 9;
+    /// Server reports a resume gap: the retained log of `Topics` no longer reaches back to the
+    /// client's last id.
+    pub const RESET: u8 = 10;
 }
 
 /// The protocol version this crate speaks.
@@ -79,6 +82,9 @@ pub struct Frame {
     pub acked: Option<u64>,
     #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// Topic patterns a resume gap concerns (`Type` 10).
+    #[serde(rename = "Topics", default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
 }
 
 impl Frame {
@@ -125,6 +131,12 @@ pub struct ClientInfo {
     /// The client's own device id, shown in the list of online clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Topic patterns (`alarms/site1/#`, `alarms/+/room2`) to subscribe to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
+    /// Id of the last message the client saw, to resume its topics after a reconnect.
+    #[serde(rename = "lastId", default, skip_serializing_if = "Option::is_none")]
+    pub last_id: Option<String>,
 }
 
 /// Credentials of the open frame.
@@ -165,6 +177,8 @@ pub struct PushedMessage {
     pub kind: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
     /// Creation time, Unix milliseconds.
@@ -224,6 +238,7 @@ mod tests {
                 title: Some("t".into()),
                 kind: 0,
                 component: None,
+                topic: None,
                 sender: None,
                 created: 1,
                 ack: true,

@@ -45,6 +45,10 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// Topic patterns the client may subscribe to; absent means any (unless the server
+    /// requires the claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
 }
 
 /// A verified client identity.
@@ -52,6 +56,18 @@ pub struct Claims {
 pub struct Identity {
     pub app: String,
     pub user: String,
+    /// The token's `topics` claim.
+    pub topics: Option<Vec<String>>,
+}
+
+impl Identity {
+    /// Whether this identity may subscribe to a topic pattern.
+    pub fn may_subscribe(&self, pattern: &str, require_claim: bool) -> bool {
+        match &self.topics {
+            Some(allowed) => allowed.iter().any(|a| crate::topic::covers(a, pattern)),
+            None => !require_claim,
+        }
+    }
 }
 
 /// Verifies and issues client tokens; checks the admin key.
@@ -144,6 +160,7 @@ impl Authenticator {
         Ok(Identity {
             app: claims.app.unwrap_or_else(|| DEFAULT_APP.to_owned()),
             user: claims.sub,
+            topics: claims.topics,
         })
     }
 
@@ -153,6 +170,7 @@ impl Authenticator {
         app: &str,
         user: &str,
         ttl: Option<u64>,
+        topics: Option<Vec<String>>,
     ) -> Result<(String, i64), AuthError> {
         let encoding = self.encoding.as_ref().ok_or_else(|| {
             AuthError::Invalid("this server has no signing key (auth.private_key_file)".into())
@@ -164,6 +182,7 @@ impl Authenticator {
             app: (app != DEFAULT_APP).then(|| app.to_owned()),
             exp,
             iat: Some(now),
+            topics,
         };
         let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -205,11 +224,11 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let auth = auth();
-        let (token, _) = auth.issue("default", "alice", None).unwrap();
+        let (token, _) = auth.issue("default", "alice", None, None).unwrap();
         let id = auth.verify(&token).unwrap();
         assert_eq!(id.user, "alice");
         assert_eq!(id.app, "default");
-        let (token, _) = auth.issue("oa", "bob", Some(60)).unwrap();
+        let (token, _) = auth.issue("oa", "bob", Some(60), None).unwrap();
         assert_eq!(auth.verify(&token).unwrap().app, "oa");
     }
 
@@ -221,6 +240,7 @@ mod tests {
             app: None,
             exp: unix_seconds() - 60,
             iat: None,
+            topics: None,
         };
         let expired = jsonwebtoken::encode(
             &Header::default(),
@@ -230,7 +250,7 @@ mod tests {
         .unwrap();
         assert!(matches!(auth.verify(&expired), Err(AuthError::Expired)));
         let other = Authenticator::new(&AuthConfig::default(), "k".into(), "other").unwrap();
-        let (forged, _) = other.issue("default", "alice", None).unwrap();
+        let (forged, _) = other.issue("default", "alice", None, None).unwrap();
         assert!(matches!(auth.verify(&forged), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify("a.b.c"), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify(""), Err(AuthError::Missing)));

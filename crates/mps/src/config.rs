@@ -28,6 +28,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub connection: ConnectionConfig,
     pub messages: MessagesConfig,
+    pub topics: TopicsConfig,
     /// Client-facing base URLs per network line (for example `intranet` and `internet`),
     /// returned with every issued token. Empty means the listener's own address.
     pub lines: BTreeMap<String, String>,
@@ -91,6 +92,69 @@ pub struct MessagesConfig {
     pub max_body: usize,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Seconds a topic message stays in its retained log.
+    pub retention: u64,
+    /// Most messages kept per topic.
+    pub retention_count: u64,
+    /// Per-topic overrides; the first whose pattern matches the topic applies.
+    pub retain: Vec<TopicRetention>,
+    /// Longest topic name or pattern, bytes.
+    pub max_length: usize,
+    /// Most levels in a topic name or pattern.
+    pub max_depth: usize,
+    /// Most topic patterns one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// When true, a token without a `topics` claim may subscribe to no topic (default: any).
+    pub require_claim: bool,
+}
+
+/// Retention of the topics matching `pattern`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRetention {
+    pub pattern: String,
+    pub seconds: Option<u64>,
+    pub count: Option<u64>,
+}
+
+impl TopicsConfig {
+    /// (seconds, count) kept for a topic.
+    pub fn retention_of(&self, topic: &str) -> (u64, u64) {
+        let rule = self
+            .retain
+            .iter()
+            .find(|r| crate::topic::matches(&r.pattern, topic));
+        (
+            rule.and_then(|r| r.seconds).unwrap_or(self.retention),
+            rule.and_then(|r| r.count).unwrap_or(self.retention_count),
+        )
+    }
+
+    pub fn limits(&self) -> crate::topic::Limits {
+        crate::topic::Limits {
+            max_length: self.max_length,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            retention: 24 * 3600,
+            retention_count: 1000,
+            retain: Vec::new(),
+            max_length: 256,
+            max_depth: 16,
+            max_subscriptions: 256,
+            require_claim: false,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -103,6 +167,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             connection: ConnectionConfig::default(),
             messages: MessagesConfig::default(),
+            topics: TopicsConfig::default(),
             lines: BTreeMap::new(),
         }
     }

@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 
 use crate::auth::DEFAULT_APP;
 use crate::broker::Broker;
-use crate::config::MessagesConfig;
+use crate::config::{MessagesConfig, TopicsConfig};
 use crate::hub::{Envelope, Target};
 use crate::id::{IdGen, now_ms};
-use crate::store::{NewMessage, Store, StoreError};
+use crate::store::{NewMessage, Store, StoreError, TopicEntry, TopicReplay};
 
 /// Longest user, component, agent, app or sender name.
 pub const MAX_NAME: usize = 256;
@@ -25,6 +25,8 @@ const MAX_TITLE: usize = 1024;
 pub const MAX_ACK_IDS: usize = 1000;
 /// Messages fetched from the store per backlog page.
 pub const BACKLOG_PAGE: usize = 500;
+/// Most topic messages replayed to one resuming client.
+pub const MAX_REPLAY: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -80,6 +82,7 @@ fn class_label(class: DeliveryClass) -> &'static str {
     match class {
         DeliveryClass::Directed => "directed",
         DeliveryClass::Component => "component",
+        DeliveryClass::Topic => "topic",
         DeliveryClass::Broadcast => "broadcast",
     }
 }
@@ -96,6 +99,7 @@ pub struct Engine {
     broker: Arc<dyn Broker>,
     ids: IdGen,
     config: MessagesConfig,
+    topics: TopicsConfig,
     delivered: mpsc::Sender<Delivered>,
 }
 
@@ -105,6 +109,7 @@ impl Engine {
         broker: Arc<dyn Broker>,
         node_id: u16,
         config: MessagesConfig,
+        topics: TopicsConfig,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(record_deliveries(store.clone(), rx));
@@ -113,6 +118,7 @@ impl Engine {
             broker,
             ids: IdGen::new(node_id),
             config,
+            topics,
             delivered: tx,
         })
     }
@@ -158,6 +164,16 @@ impl Engine {
             Some(list) => Some(self.check_recipients(list)?),
             None => None,
         };
+        if let Some(topic) = &req.topic {
+            crate::topic::check_topic(topic, self.topics.limits())
+                .map_err(|e| invalid("invalid_topic", e.0))?;
+            if recipients.is_some() {
+                return Err(invalid(
+                    "topic_with_receiver",
+                    "a message goes either to a topic or to receivers, not both",
+                ));
+            }
+        }
 
         let id = self.ids.next();
         let created = now_ms() as i64;
@@ -166,6 +182,7 @@ impl Engine {
             title: req.title,
             kind: req.kind,
             component: req.component,
+            topic: req.topic,
             sender: req.sender,
             created,
             ack: recipients.is_some(),
@@ -193,19 +210,35 @@ impl Engine {
                     .await?;
                 (DeliveryClass::Directed, Target::Users(recipients), count)
             }
-            None => match pushed.component {
-                Some(component) => (DeliveryClass::Component, Target::Component(component), 0),
-                None => (DeliveryClass::Broadcast, Target::All, 0),
+            None => match (pushed.topic, pushed.component) {
+                (Some(topic), _) => {
+                    let (_, keep) = self.topics.retention_of(&topic);
+                    let entry = TopicEntry {
+                        id,
+                        topic,
+                        frame: frame.clone(),
+                    };
+                    self.store
+                        .append_topic(&app, entry.clone(), created, keep)
+                        .await?;
+                    (DeliveryClass::Topic, Target::Topic(entry.topic), 0)
+                }
+                (None, Some(component)) => {
+                    (DeliveryClass::Component, Target::Component(component), 0)
+                }
+                (None, None) => (DeliveryClass::Broadcast, Target::All, 0),
             },
         };
         let directed = class == DeliveryClass::Directed;
+        let durable = matches!(class, DeliveryClass::Directed | DeliveryClass::Topic);
         let published = self
             .broker
             .publish(Envelope {
                 app: app_name,
                 target,
                 agents: req.agents,
-                directed: directed.then_some(id),
+                id,
+                directed,
                 frame,
             })
             .await;
@@ -214,7 +247,7 @@ impl Engine {
         match published {
             Ok(_) => {}
             // Durable already: the recipients get it from the store when they (re)connect.
-            Err(e) if directed => tracing::warn!(id, error = %e, "live fan-out failed"),
+            Err(e) if durable => tracing::warn!(id, error = %e, "live fan-out failed"),
             Err(e) => return Err(e.into()),
         }
         Ok(SendResult {
@@ -241,6 +274,40 @@ impl Engine {
             .iter()
             .map(|m| (m.id.parse().unwrap_or_default(), encode_push(m)))
             .collect())
+    }
+
+    /// What a client resuming from `after` missed on its topic patterns.
+    pub async fn replay(
+        &self,
+        app: &str,
+        patterns: &[String],
+        after: u64,
+    ) -> Result<TopicReplay, EngineError> {
+        if patterns.is_empty() || after == 0 {
+            return Ok(TopicReplay::default());
+        }
+        let replay = self
+            .store
+            .topic_since(app, patterns, after, MAX_REPLAY)
+            .await?;
+        metrics::counter!("mps_topic_replayed_total").increment(replay.entries.len() as u64);
+        Ok(replay)
+    }
+
+    /// Drops topic messages older than their topic's retention.
+    pub async fn trim_topics(&self, now: i64) -> Result<u64, EngineError> {
+        let cutoffs = self
+            .store
+            .topics()
+            .await?
+            .into_iter()
+            .map(|(app, topic)| {
+                let (seconds, _) = self.topics.retention_of(&topic);
+                let cutoff = now.saturating_sub((seconds as i64).saturating_mul(1000));
+                (app, topic, cutoff)
+            })
+            .collect();
+        Ok(self.store.trim_topics(cutoffs).await?)
     }
 
     /// Records that these directed messages were written to a connection of the user. Batched

@@ -14,6 +14,7 @@
 //! - [`api`]: the HTTP API under `/api/v1`, health and metrics.
 //! - [`server`]: wiring, listener, sweeper and graceful shutdown.
 //! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`topic`]: topic names and MQTT-style patterns (`+`, `#`).
 
 pub mod api;
 pub mod auth;
@@ -25,4 +26,5 @@ pub mod id;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod topic;
 pub mod transport;

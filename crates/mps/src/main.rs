@@ -51,6 +51,9 @@ enum Command {
         /// HS256 secret to sign with, instead of the configured or generated one.
         #[arg(long)]
         secret: Option<String>,
+        /// A topic pattern the client may subscribe to (repeatable); none means any.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
     },
 }
 
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             app,
             ttl,
             secret,
+            topics,
         } => {
             let config = load(
                 &common,
@@ -132,7 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let auth = mps::server::authenticator(&config, &secrets)?;
             mps::engine::check_name("user", &user)?;
             let app = app.unwrap_or_else(|| mps::auth::DEFAULT_APP.to_owned());
-            let (token, _) = auth.issue(&app, &user, ttl)?;
+            let topics = (!topics.is_empty()).then_some(topics);
+            let (token, _) = auth.issue(&app, &user, ttl, topics)?;
             println!("{token}");
             Ok(())
         }

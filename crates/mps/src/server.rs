@@ -133,6 +133,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         broker,
         config.node_id,
         config.messages.clone(),
+        config.topics.clone(),
     );
     let listener = TcpListener::bind(config.listen)
         .await
@@ -151,8 +152,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(sweep(state.clone()));
 
     let app = Router::new()
-        .route("/ws", any(crate::transport::protocol_ws))
-        .route("/websocket/{token}", any(crate::transport::simple_ws))
+        .route("/ws", any(crate::transport::ws::protocol_ws))
+        .route("/websocket/{token}", any(crate::transport::ws::simple_ws))
+        .route("/sse", axum::routing::get(crate::transport::sse::sse))
+        .route("/poll", axum::routing::get(crate::transport::poll::poll))
         .merge(crate::api::routes())
         .layer(DefaultBodyLimit::max(state.config.messages.max_body))
         .with_state(state.clone());
@@ -236,6 +239,11 @@ async fn sweep(state: Arc<ServerState>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+        match state.engine.trim_topics(now).await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "trimmed topic logs"),
+            Err(e) => tracing::warn!(error = %e, "trimming topic logs failed"),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::server::ServerState;
 
 fn describe(conn: &Conn, node: &str) -> OnlineClient {
     let info = &conn.info;
+    let subscriptions = conn.subscriptions();
     OnlineClient {
         id: conn.id.to_string(),
         app: info.app.to_string(),
@@ -24,7 +25,8 @@ fn describe(conn: &Conn, node: &str) -> OnlineClient {
         login: info.login,
         remote: info.remote.to_string(),
         node: node.to_owned(),
-        components: conn.components(),
+        components: subscriptions.components,
+        topics: subscriptions.topics,
     }
 }
 

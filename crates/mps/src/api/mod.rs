@@ -186,7 +186,7 @@ impl FromRequestParts<Arc<ServerState>> for Admin {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         state.auth.check_admin(header).map_err(|e| {
-            crate::transport::session::count_bad_input("bad_admin_key");
+            crate::transport::count_bad_input("bad_admin_key");
             ApiError::from(e)
         })?;
         Ok(Admin)
@@ -210,7 +210,7 @@ impl FromRequestParts<Arc<ServerState>> for Client {
             .and_then(bearer)
             .unwrap_or("");
         let identity = state.auth.verify(token).map_err(|e| {
-            crate::transport::session::count_bad_input(e.code());
+            crate::transport::count_bad_input(e.code());
             ApiError::from(e)
         })?;
         Ok(Client(identity))

@@ -19,7 +19,14 @@ pub async fn issue(
     let app = request.app.unwrap_or_else(|| DEFAULT_APP.to_owned());
     check_name("user", &request.user)?;
     check_name("app", &app)?;
-    let (token, expires) = state.auth.issue(&app, &request.user, request.ttl)?;
+    let limits = state.config.topics.limits();
+    for pattern in request.topics.iter().flatten() {
+        crate::topic::check_pattern(pattern, limits)
+            .map_err(|e| ApiError::invalid("invalid_topic", e.to_string()))?;
+    }
+    let (token, expires) = state
+        .auth
+        .issue(&app, &request.user, request.ttl, request.topics)?;
     Ok(Json(TokenResponse {
         token,
         user: request.user,

@@ -22,14 +22,26 @@ pub struct ConnInfo {
     /// Login time, Unix ms.
     pub login: i64,
     pub remote: SocketAddr,
+    /// The token's topic claim, to check later subscription changes against.
+    pub topic_claim: Option<Vec<String>>,
 }
 
 /// A frame waiting to be written.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub frame: Bytes,
-    /// Message id of a directed message, recorded as delivered once written.
-    pub directed: Option<u64>,
+    /// Message id, to drop a live copy of a message already sent from the store.
+    pub id: u64,
+    /// Directed messages are recorded as delivered once written.
+    pub directed: bool,
+}
+
+/// What a connection listens to besides its user's directed messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    pub components: Vec<String>,
+    /// Topic patterns.
+    pub topics: Vec<String>,
 }
 
 /// Why the server closes a connection on its own.
@@ -51,7 +63,7 @@ struct Outbox {
 pub struct Conn {
     pub id: u64,
     pub info: ConnInfo,
-    components: Mutex<Vec<String>>,
+    subscriptions: Mutex<Subscriptions>,
     outbox: Mutex<Outbox>,
     wake: Notify,
     /// Woken (all waiters) when a close is asked for, so that a write stuck on a peer that
@@ -61,11 +73,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(id: u64, info: ConnInfo, capacity: usize, components: Vec<String>) -> Self {
+    pub(super) fn new(
+        id: u64,
+        info: ConnInfo,
+        capacity: usize,
+        subscriptions: Subscriptions,
+    ) -> Self {
         Conn {
             id,
             info,
-            components: Mutex::new(components),
+            subscriptions: Mutex::new(subscriptions),
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
                 closing: None,
@@ -76,12 +93,12 @@ impl Conn {
         }
     }
 
-    pub fn components(&self) -> Vec<String> {
-        self.components.lock().clone()
+    pub fn subscriptions(&self) -> Subscriptions {
+        self.subscriptions.lock().clone()
     }
 
-    pub(super) fn set_components(&self, components: Vec<String>) {
-        *self.components.lock() = components;
+    pub(super) fn set_subscriptions(&self, subscriptions: Subscriptions) -> Subscriptions {
+        std::mem::replace(&mut *self.subscriptions.lock(), subscriptions)
     }
 
     /// Queues a frame; false when the connection is closing or its queue overflowed (then it

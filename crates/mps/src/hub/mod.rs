@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-pub use conn::{CloseReason, Conn, ConnInfo, Outbound};
+pub use conn::{CloseReason, Conn, ConnInfo, Outbound, Subscriptions};
 
 /// Who a live message is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum Target {
     Users(Vec<String>),
     /// Every connection whose component set includes this component.
     Component(String),
+    /// Every connection with a topic pattern matching this topic.
+    Topic(String),
     /// Every connection of the app.
     All,
 }
@@ -31,17 +33,55 @@ pub struct Envelope {
     pub target: Target,
     /// Only connections of these agents.
     pub agents: Option<Vec<String>>,
-    /// Set for directed messages, whose delivery is recorded per recipient.
-    pub directed: Option<u64>,
+    pub id: u64,
+    /// Directed messages have their delivery recorded per recipient.
+    pub directed: bool,
     /// The encoded push frame, shared by every connection it goes to.
     pub frame: Bytes,
 }
 
+type ConnSet = HashMap<u64, Arc<Conn>>;
+
 #[derive(Default)]
 struct AppConns {
-    all: HashMap<u64, Arc<Conn>>,
+    all: ConnSet,
     users: HashMap<Arc<str>, Vec<Arc<Conn>>>,
-    components: HashMap<Box<str>, HashMap<u64, Arc<Conn>>>,
+    components: HashMap<Box<str>, ConnSet>,
+    /// Keyed by pattern; publishing matches each distinct pattern once.
+    topics: HashMap<Box<str>, ConnSet>,
+}
+
+impl AppConns {
+    fn index(&mut self, conn: &Arc<Conn>, subscriptions: &Subscriptions) {
+        for component in &subscriptions.components {
+            self.components
+                .entry(component.as_str().into())
+                .or_default()
+                .insert(conn.id, conn.clone());
+        }
+        for pattern in &subscriptions.topics {
+            self.topics
+                .entry(pattern.as_str().into())
+                .or_default()
+                .insert(conn.id, conn.clone());
+        }
+    }
+
+    fn unindex(&mut self, id: u64, subscriptions: &Subscriptions) {
+        for (map, keys) in [
+            (&mut self.components, &subscriptions.components),
+            (&mut self.topics, &subscriptions.topics),
+        ] {
+            for key in keys {
+                if let Some(set) = map.get_mut(key.as_str()) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        map.remove(key.as_str());
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -73,9 +113,9 @@ impl Hub {
     }
 
     /// Adds a connection; it receives fan-out from now on.
-    pub fn register(&self, info: ConnInfo, components: Vec<String>) -> Arc<Conn> {
+    pub fn register(&self, info: ConnInfo, subscriptions: Subscriptions) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn::new(id, info, self.queue, components.clone()));
+        let conn = Arc::new(Conn::new(id, info, self.queue, subscriptions.clone()));
         let mut registry = self.registry.write();
         let app = registry.apps.entry(conn.info.app.clone()).or_default();
         app.all.insert(id, conn.clone());
@@ -83,12 +123,7 @@ impl Hub {
             .entry(conn.info.user.clone())
             .or_default()
             .push(conn.clone());
-        for component in components {
-            app.components
-                .entry(component.into_boxed_str())
-                .or_default()
-                .insert(id, conn.clone());
-        }
+        app.index(&conn, &subscriptions);
         registry.by_id.insert(id, conn.clone());
         metrics::gauge!("mps_connections").increment(1.0);
         conn
@@ -107,14 +142,7 @@ impl Hub {
                     app.users.remove(&conn.info.user);
                 }
             }
-            for component in conn.components() {
-                if let Some(set) = app.components.get_mut(component.as_str()) {
-                    set.remove(&conn.id);
-                    if set.is_empty() {
-                        app.components.remove(component.as_str());
-                    }
-                }
-            }
+            app.unindex(conn.id, &conn.subscriptions());
             if app.all.is_empty() {
                 registry.apps.remove(&conn.info.app);
             }
@@ -122,27 +150,15 @@ impl Hub {
         metrics::gauge!("mps_connections").decrement(1.0);
     }
 
-    /// Replaces a connection's component set.
-    pub fn set_components(&self, conn: &Arc<Conn>, components: Vec<String>) {
+    /// Replaces a connection's components and topic patterns.
+    pub fn set_subscriptions(&self, conn: &Arc<Conn>, subscriptions: Subscriptions) {
         let mut registry = self.registry.write();
         let Some(app) = registry.apps.get_mut(&conn.info.app) else {
             return;
         };
-        for old in conn.components() {
-            if let Some(set) = app.components.get_mut(old.as_str()) {
-                set.remove(&conn.id);
-                if set.is_empty() {
-                    app.components.remove(old.as_str());
-                }
-            }
-        }
-        for component in &components {
-            app.components
-                .entry(component.as_str().into())
-                .or_default()
-                .insert(conn.id, conn.clone());
-        }
-        conn.set_components(components);
+        let old = conn.set_subscriptions(subscriptions.clone());
+        app.unindex(conn.id, &old);
+        app.index(conn, &subscriptions);
     }
 
     /// Queues an envelope on every matching local connection; returns how many took it.
@@ -160,6 +176,7 @@ impl Hub {
             }
             let out = Outbound {
                 frame: envelope.frame.clone(),
+                id: envelope.id,
                 directed: envelope.directed,
             };
             if conn.push(out) {
@@ -177,6 +194,31 @@ impl Hub {
             Target::Component(component) => {
                 if let Some(set) = app.components.get(component.as_str()) {
                     set.values().for_each(&mut offer);
+                }
+            }
+            Target::Topic(topic) => {
+                let mut matching = app
+                    .topics
+                    .iter()
+                    .filter(|(pattern, _)| crate::topic::matches(pattern, topic))
+                    .map(|(_, set)| set);
+                let first = matching.next();
+                match matching.next() {
+                    None => first
+                        .into_iter()
+                        .flat_map(|set| set.values())
+                        .for_each(&mut offer),
+                    // Several patterns match: a connection holding more than one gets it once.
+                    Some(second) => {
+                        let mut seen = std::collections::HashSet::new();
+                        first
+                            .into_iter()
+                            .chain([second])
+                            .chain(matching)
+                            .flat_map(|set| set.values())
+                            .filter(|conn| seen.insert(conn.id))
+                            .for_each(&mut offer);
+                    }
                 }
             }
             Target::All => app.all.values().for_each(&mut offer),
@@ -221,6 +263,7 @@ mod tests {
             transport: "websocket",
             login: 0,
             remote: "127.0.0.1:1".parse().unwrap(),
+            topic_claim: None,
         }
     }
 
@@ -229,18 +272,57 @@ mod tests {
             app: app.into(),
             target,
             agents,
-            directed: None,
+            id: 1,
+            directed: false,
             frame: Bytes::from_static(b"{}"),
         }
+    }
+
+    fn components(list: &[&str]) -> Subscriptions {
+        Subscriptions {
+            components: list.iter().map(|c| c.to_string()).collect(),
+            topics: Vec::new(),
+        }
+    }
+
+    fn topics(list: &[&str]) -> Subscriptions {
+        Subscriptions {
+            components: Vec::new(),
+            topics: list.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn routes_topics_by_pattern_once_per_connection() {
+        let hub = Hub::new("n1", 8);
+        let wide = hub.register(
+            info("default", "a", "bs"),
+            topics(&["alarms/#", "alarms/+/r1"]),
+        );
+        let narrow = hub.register(info("default", "b", "bs"), topics(&["alarms/s1/r1"]));
+        let other = hub.register(info("default", "c", "bs"), topics(&["news/#"]));
+        let to = |t: &str| envelope("default", Target::Topic(t.into()), None);
+        assert_eq!(hub.deliver(&to("alarms/s1/r1")), 2);
+        assert_eq!(hub.deliver(&to("alarms/s2")), 1);
+        assert_eq!(hub.deliver(&to("news/x")), 1);
+        assert_eq!(hub.deliver(&to("weather")), 0);
+        let mut drained = Vec::new();
+        wide.drain(&mut drained);
+        assert_eq!(drained.len(), 2, "no duplicate from two matching patterns");
+        hub.set_subscriptions(&other, topics(&["alarms/s2"]));
+        assert_eq!(hub.deliver(&to("alarms/s2")), 2);
+        assert_eq!(hub.deliver(&to("news/x")), 0);
+        hub.unregister(&narrow);
+        assert_eq!(hub.deliver(&to("alarms/s1/r1")), 1);
     }
 
     #[test]
     fn routes_by_user_component_agent_and_app() {
         let hub = Hub::new("n1", 8);
-        let a_bs = hub.register(info("default", "alice", "bs"), vec!["esbm".into()]);
-        let a_ios = hub.register(info("default", "alice", "ios"), vec![]);
-        let b = hub.register(info("default", "bob", "cs"), vec!["esbm".into()]);
-        let other = hub.register(info("oa", "alice", "bs"), vec!["esbm".into()]);
+        let a_bs = hub.register(info("default", "alice", "bs"), components(&["esbm"]));
+        let a_ios = hub.register(info("default", "alice", "ios"), components(&[]));
+        let b = hub.register(info("default", "bob", "cs"), components(&["esbm"]));
+        let other = hub.register(info("oa", "alice", "bs"), components(&["esbm"]));
 
         let to_alice = envelope("default", Target::Users(vec!["alice".into()]), None);
         assert_eq!(hub.deliver(&to_alice), 2);
@@ -257,7 +339,7 @@ mod tests {
         assert_eq!(hub.deliver(&envelope("default", Target::All, None)), 3);
         assert_eq!(hub.deliver(&envelope("oa", Target::All, None)), 1);
 
-        hub.set_components(&a_ios, vec!["esbm".into()]);
+        hub.set_subscriptions(&a_ios, components(&["esbm"]));
         assert_eq!(
             hub.deliver(&envelope("default", Target::Component("esbm".into()), None)),
             3
@@ -274,8 +356,8 @@ mod tests {
     #[test]
     fn a_full_queue_closes_only_that_connection() {
         let hub = Hub::new("n1", 2);
-        let slow = hub.register(info("default", "slow", "bs"), vec![]);
-        let fast = hub.register(info("default", "fast", "bs"), vec![]);
+        let slow = hub.register(info("default", "slow", "bs"), components(&[]));
+        let fast = hub.register(info("default", "fast", "bs"), components(&[]));
         let all = envelope("default", Target::All, None);
         hub.deliver(&all);
         hub.deliver(&all);

@@ -45,6 +45,24 @@ pub struct MessageQuery {
     pub size: u64,
 }
 
+/// A message of a topic's retained log: the push frame exactly as it was sent live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicEntry {
+    pub id: u64,
+    pub topic: String,
+    pub frame: bytes::Bytes,
+}
+
+/// What a resuming client missed on its topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicReplay {
+    /// Retained messages after the client's last id, oldest first.
+    pub entries: Vec<TopicEntry>,
+    /// Patterns some of whose topics were trimmed past the client's last id: the client missed
+    /// messages that are no longer retained.
+    pub truncated: Vec<String>,
+}
+
 /// What a sweep changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -97,4 +115,29 @@ pub trait Store: Send + Sync + 'static {
     /// Marks recipients of messages expired at `now` as `expired` and deletes messages expired
     /// before `now - keep_expired` (Unix ms).
     async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError>;
+
+    /// Appends a message to a topic's retained log and trims the log to `keep` messages.
+    async fn append_topic(
+        &self,
+        app: &str,
+        entry: TopicEntry,
+        created: i64,
+        keep: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Retained messages of the topics matching any of `patterns` with an id above `after`,
+    /// oldest first, at most `limit`; and the patterns whose history no longer reaches `after`.
+    async fn topic_since(
+        &self,
+        app: &str,
+        patterns: &[String],
+        after: u64,
+        limit: usize,
+    ) -> Result<TopicReplay, StoreError>;
+
+    /// Every (app, topic) that has a retained log.
+    async fn topics(&self) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Drops retained messages created before each topic's cutoff (Unix ms); returns how many.
+    async fn trim_topics(&self, cutoffs: Vec<(String, String, i64)>) -> Result<u64, StoreError>;
 }

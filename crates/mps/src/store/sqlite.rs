@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_ite
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MessageQuery, NewMessage, Store, StoreError, Swept};
+use super::{MessageQuery, NewMessage, Store, StoreError, Swept, TopicEntry, TopicReplay};
 
 /// Writes waiting for the writer thread; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;
@@ -49,6 +49,21 @@ CREATE TABLE IF NOT EXISTS recipients (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipients_user ON recipients(app, user, status, message_id);
 CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status, message_id);
+CREATE TABLE IF NOT EXISTS topics (
+    app     TEXT NOT NULL,
+    topic   TEXT NOT NULL,
+    -- Greatest id dropped from the log: a client whose last id is below it missed messages.
+    trimmed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app, topic)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS topic_log (
+    app     TEXT NOT NULL,
+    topic   TEXT NOT NULL,
+    id      INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    frame   TEXT NOT NULL,
+    PRIMARY KEY (app, topic, id)
+) WITHOUT ROWID;
 ";
 
 fn status_code(status: Status) -> i64 {
@@ -104,6 +119,13 @@ enum Write {
         now: i64,
         keep_expired: i64,
     },
+    AppendTopic {
+        app: String,
+        entry: TopicEntry,
+        created: i64,
+        keep: u64,
+    },
+    TrimTopics(Vec<(String, String, i64)>),
 }
 
 enum Written {
@@ -294,7 +316,62 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
                 deleted: deleted as u64,
             }))
         }
+        Write::AppendTopic {
+            app,
+            entry,
+            created,
+            keep,
+        } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO topics (app, topic) VALUES (?1, ?2)")?
+                .execute(params![app, entry.topic])?;
+            let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO topic_log (app, topic, id, created, frame) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![app, entry.topic, entry.id as i64, created, frame])?;
+            let oldest_dropped: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM topic_log WHERE app = ?1 AND topic = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3",
+                )?
+                .query_row(params![app, entry.topic, (*keep).min(i64::MAX as u64) as i64], |r| r.get(0))
+                .optional()?;
+            if let Some(upto) = oldest_dropped {
+                trim_topic(tx, app, &entry.topic, upto)?;
+            }
+            Ok(Written::Count(1))
+        }
+        Write::TrimTopics(cutoffs) => {
+            let mut dropped = 0;
+            for (app, topic, cutoff) in cutoffs {
+                let upto: Option<i64> = tx
+                    .prepare_cached(
+                        "SELECT max(id) FROM topic_log WHERE app = ?1 AND topic = ?2 AND created < ?3",
+                    )?
+                    .query_row(params![app, topic, cutoff], |r| r.get(0))?;
+                if let Some(upto) = upto {
+                    dropped += trim_topic(tx, app, topic, upto)?;
+                }
+            }
+            Ok(Written::Count(dropped as u64))
+        }
     }
+}
+
+/// Drops a topic's log entries up to `upto` and remembers the watermark.
+fn trim_topic(
+    tx: &rusqlite::Transaction,
+    app: &str,
+    topic: &str,
+    upto: i64,
+) -> rusqlite::Result<usize> {
+    let n = tx
+        .prepare_cached("DELETE FROM topic_log WHERE app = ?1 AND topic = ?2 AND id <= ?3")?
+        .execute(params![app, topic, upto])?;
+    tx.prepare_cached(
+        "UPDATE topics SET trimmed = max(trimmed, ?3) WHERE app = ?1 AND topic = ?2",
+    )?
+    .execute(params![app, topic, upto])?;
+    Ok(n)
 }
 
 fn set_status(
@@ -394,6 +471,7 @@ impl Store for SqliteStore {
                         title: row.get(1)?,
                         kind: row.get(2)?,
                         component: row.get(3)?,
+                        topic: None,
                         sender: row.get(4)?,
                         created: row.get(5)?,
                         ack: true,
@@ -547,6 +625,97 @@ impl Store for SqliteStore {
             Written::Swept(s) => Ok(s),
             Written::Count(_) => Err(backend("unexpected answer")),
         }
+    }
+
+    async fn append_topic(
+        &self,
+        app: &str,
+        entry: TopicEntry,
+        created: i64,
+        keep: u64,
+    ) -> Result<(), StoreError> {
+        self.count(Write::AppendTopic {
+            app: app.to_owned(),
+            entry,
+            created,
+            keep,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn topic_since(
+        &self,
+        app: &str,
+        patterns: &[String],
+        after: u64,
+        limit: usize,
+    ) -> Result<TopicReplay, StoreError> {
+        if patterns.is_empty() {
+            return Ok(TopicReplay::default());
+        }
+        let (app, patterns) = (app.to_owned(), patterns.to_vec());
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT topic, trimmed FROM topics WHERE app = ?1")?;
+            let known = stmt
+                .query_map([&app], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut replay = TopicReplay::default();
+            let mut matching = Vec::new();
+            for (topic, trimmed) in known {
+                let hits: Vec<&String> = patterns
+                    .iter()
+                    .filter(|p| crate::topic::matches(p, &topic))
+                    .collect();
+                if hits.is_empty() {
+                    continue;
+                }
+                if trimmed as u64 > after {
+                    for p in hits {
+                        if !replay.truncated.contains(p) {
+                            replay.truncated.push(p.clone());
+                        }
+                    }
+                }
+                matching.push(topic);
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, frame FROM topic_log WHERE app = ?1 AND topic = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+            )?;
+            for topic in matching {
+                let rows = stmt.query_map(
+                    params![app, topic, after as i64, limit as i64],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )?;
+                for row in rows {
+                    let (id, frame) = row?;
+                    replay.entries.push(TopicEntry {
+                        id: id as u64,
+                        topic: topic.clone(),
+                        frame: frame.into(),
+                    });
+                }
+            }
+            replay.entries.sort_by_key(|e| e.id);
+            replay.entries.truncate(limit);
+            replay.truncated.sort();
+            Ok(replay)
+        })
+        .await
+    }
+
+    async fn topics(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT app, topic FROM topics")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn trim_topics(&self, cutoffs: Vec<(String, String, i64)>) -> Result<u64, StoreError> {
+        self.count(Write::TrimTopics(cutoffs)).await
     }
 }
 

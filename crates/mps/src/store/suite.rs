@@ -3,7 +3,7 @@
 use mps_proto::Status;
 use serde_json::value::RawValue;
 
-use super::{MessageQuery, NewMessage, Store};
+use super::{MessageQuery, NewMessage, Store, TopicEntry};
 
 fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) -> NewMessage {
     NewMessage {
@@ -28,6 +28,74 @@ pub async fn run(store: &dyn Store) {
     delivery_and_ack_change_status(store).await;
     listing_filters_and_pages(store).await;
     delete_and_sweep(store).await;
+    topic_logs_resume_and_trim(store).await;
+}
+
+fn entry(id: u64, topic: &str) -> TopicEntry {
+    TopicEntry {
+        id,
+        topic: topic.into(),
+        frame: format!(r#"{{"Type":3,"Message":{{"id":"{id}"}}}}"#).into(),
+    }
+}
+
+async fn topic_logs_resume_and_trim(store: &dyn Store) {
+    let app = "default";
+    for id in 101..=105 {
+        store
+            .append_topic(app, entry(id, "alarms/site1"), id as i64, 3)
+            .await
+            .unwrap();
+    }
+    store
+        .append_topic(app, entry(106, "alarms/site2"), 106, 3)
+        .await
+        .unwrap();
+    store
+        .append_topic(app, entry(107, "news/today"), 107, 3)
+        .await
+        .unwrap();
+    store
+        .append_topic("oa", entry(108, "alarms/site1"), 108, 3)
+        .await
+        .unwrap();
+
+    let patterns = vec!["alarms/#".to_owned()];
+    // Resuming from 103: 104, 105 and 106 are retained; nothing was missed.
+    let replay = store.topic_since(app, &patterns, 103, 100).await.unwrap();
+    let ids: Vec<u64> = replay.entries.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [104, 105, 106]);
+    assert!(replay.truncated.is_empty());
+    assert_eq!(replay.entries[0].frame, entry(104, "x").frame);
+    // Resuming from 101: 102 was dropped by the count limit.
+    let replay = store.topic_since(app, &patterns, 101, 100).await.unwrap();
+    assert_eq!(replay.entries.first().map(|e| e.id), Some(103));
+    assert_eq!(replay.truncated, patterns);
+    // Exact topic patterns and the limit.
+    let exact = vec!["alarms/site2".to_owned(), "news/+".to_owned()];
+    let replay = store.topic_since(app, &exact, 0, 1).await.unwrap();
+    assert_eq!(replay.entries.len(), 1);
+    assert_eq!(replay.entries[0].id, 106);
+    assert!(
+        store
+            .topic_since(app, &[], 0, 10)
+            .await
+            .unwrap()
+            .entries
+            .is_empty()
+    );
+
+    let topics = store.topics().await.unwrap();
+    assert!(topics.contains(&("oa".to_owned(), "alarms/site1".to_owned())));
+    // Age trimming: drop alarms/site2 entirely.
+    let dropped = store
+        .trim_topics(vec![(app.into(), "alarms/site2".into(), 1_000)])
+        .await
+        .unwrap();
+    assert_eq!(dropped, 1);
+    let replay = store.topic_since(app, &exact, 0, 10).await.unwrap();
+    assert_eq!(replay.entries.len(), 1, "only news/today is left");
+    assert_eq!(replay.truncated, vec!["alarms/site2".to_owned()]);
 }
 
 async fn pending_oldest_first_and_filtered_by_agent(store: &dyn Store) {

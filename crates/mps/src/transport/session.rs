@@ -2,25 +2,18 @@
 //! pushes from the hub, client frames (ack, ping, subscribe, close) and heartbeats until one side
 //! closes. Both WebSocket endpoints end up here.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mps_proto::{ClientInfo, Frame, close, frame::kind};
 
+use super::catchup::CatchUp;
 use super::socket::{Failure, Inbound, Socket};
+use super::{Registration, count_bad_input};
 use crate::engine::{EngineError, encode};
-use crate::hub::{CloseReason, Conn, Outbound};
+use crate::hub::{CloseReason, Conn, Outbound, Subscriptions};
 use crate::server::ServerState;
-
-/// How long ids sent from the backlog are remembered to drop their live duplicates.
-const BACKLOG_DEDUP: Duration = Duration::from_secs(10);
-
-/// Records a rejected client input in metrics.
-pub fn count_bad_input(kind: &'static str) {
-    metrics::counter!("mps_bad_input_total", "kind" => kind).increment(1);
-}
 
 /// The close code and reason for a read failure.
 pub fn failure_close(failure: Failure) -> (u16, &'static str, &'static str) {
@@ -32,28 +25,22 @@ pub fn failure_close(failure: Failure) -> (u16, &'static str, &'static str) {
     }
 }
 
-/// Runs the session until it ends; unregisters the connection afterwards.
-pub async fn run(state: Arc<ServerState>, mut socket: Socket, conn: Arc<Conn>) {
-    let reason = Session {
+/// Runs the session until it ends; the connection leaves the hub with the registration.
+pub async fn run(
+    state: Arc<ServerState>,
+    mut socket: Socket,
+    mut registration: Registration,
+    last_id: u64,
+) {
+    registration.reason = Session {
         state: &state,
-        conn: &conn,
+        conn: &registration.conn,
         errors: 0,
         last_seen: Instant::now(),
-        backlog: HashSet::new(),
-        backlog_until: Instant::now(),
+        catchup: CatchUp::new(last_id),
     }
     .drive(&mut socket)
     .await;
-    state.hub.unregister(&conn);
-    metrics::counter!("mps_disconnects_total", "reason" => reason).increment(1);
-    tracing::info!(
-        conn = conn.id,
-        app = %conn.info.app,
-        user = %conn.info.user,
-        agent = %conn.info.agent,
-        reason,
-        "client disconnected"
-    );
 }
 
 struct Session<'a> {
@@ -61,9 +48,7 @@ struct Session<'a> {
     conn: &'a Arc<Conn>,
     errors: u32,
     last_seen: Instant,
-    /// Ids sent from the backlog, so that the same message arriving live is not sent twice.
-    backlog: HashSet<u64>,
-    backlog_until: Instant,
+    catchup: CatchUp,
 }
 
 impl Session<'_> {
@@ -87,7 +72,7 @@ impl Session<'_> {
             tokio::select! {
                 _ = conn.wait() => {
                     let closing = conn.drain(&mut batch);
-                    match unless_stalled(conn, timeout, self.write(socket, &mut batch)).await {
+                    match unless_stalled(conn, timeout, self.write(socket, &mut batch, true)).await {
                         Ok(true) => {}
                         Ok(false) => return "write_failed",
                         // Unwritten directed messages stay pending in the store.
@@ -145,62 +130,35 @@ impl Session<'_> {
         }
     }
 
-    /// Sends every pending directed message of the user, oldest first.
+    /// Sends what the client is owed from the store: resume gap, topic replay, directed backlog.
     async fn send_backlog(&mut self, socket: &mut Socket) -> Result<(), &'static str> {
-        let info = &self.conn.info;
-        let mut after = 0;
-        loop {
-            let page = match self
-                .state
-                .engine
-                .backlog(&info.app, &info.user, &info.agent, after)
-                .await
-            {
-                Ok(page) => page,
+        while !self.catchup.done() {
+            let mut batch = match self.catchup.next(&self.state.engine, self.conn).await {
+                Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "reading backlog failed");
                     socket.close(close::INTERNAL, "store unavailable").await;
                     return Err("store_error");
                 }
             };
-            let full = page.len() == crate::engine::BACKLOG_PAGE;
-            let mut ids = Vec::with_capacity(page.len());
-            for (id, frame) in page {
-                if !socket.feed(frame).await {
-                    return Err("write_failed");
-                }
-                self.backlog.insert(id);
-                ids.push(id);
-                after = id;
-            }
-            if !socket.flush().await {
+            if !self.write(socket, &mut batch, false).await {
                 return Err("write_failed");
             }
-            self.state
-                .engine
-                .delivered(info.app.clone(), info.user.clone(), ids)
-                .await;
-            if !full {
-                break;
-            }
         }
-        self.backlog_until = Instant::now() + BACKLOG_DEDUP;
         Ok(())
     }
 
-    /// Writes queued frames, then records the directed ones as delivered.
-    async fn write(&mut self, socket: &mut Socket, batch: &mut Vec<Outbound>) -> bool {
-        if !self.backlog.is_empty() && Instant::now() > self.backlog_until {
-            self.backlog = HashSet::new();
-        }
+    /// Writes frames, then records the directed ones as delivered. Live frames (`live`) that
+    /// repeat one sent from the store are dropped.
+    async fn write(&mut self, socket: &mut Socket, batch: &mut Vec<Outbound>, live: bool) -> bool {
         let mut directed = Vec::new();
         let mut written = 0;
         for out in batch.drain(..) {
-            if let Some(id) = out.directed {
-                if self.backlog.contains(&id) {
-                    continue;
-                }
-                directed.push(id);
+            if live && self.catchup.is_repeat(out.id) {
+                continue;
+            }
+            if out.directed {
+                directed.push(out.id);
             }
             if !socket.feed(out.frame).await {
                 return false;
@@ -257,24 +215,26 @@ impl Session<'_> {
                 return Some("client_closed");
             }
             kind::SUBSCRIBE => {
-                let components = frame
-                    .client
-                    .and_then(|c| c.component_set)
-                    .unwrap_or_default();
-                match check_components(&components) {
-                    Ok(()) => {
-                        self.state.hub.set_components(self.conn, components.clone());
-                        Frame {
-                            client: Some(ClientInfo {
-                                component_set: Some(components),
-                                ..ClientInfo::default()
-                            }),
-                            ..Frame::reply(kind::SUBSCRIBE, seq)
-                        }
-                    }
-                    Err(message) => {
-                        let reply = Frame::error(kind::ERROR, seq, "invalid_components", message);
-                        return self.reject(socket, "invalid_components", reply).await;
+                let client = frame.client.unwrap_or_default();
+                let mut wanted = self.conn.subscriptions();
+                if let Some(components) = client.component_set {
+                    wanted.components = components;
+                }
+                if let Some(topics) = client.topics {
+                    wanted.topics = topics;
+                }
+                match self.resubscribe(wanted) {
+                    Ok(now) => Frame {
+                        client: Some(ClientInfo {
+                            component_set: Some(now.components),
+                            topics: Some(now.topics),
+                            ..ClientInfo::default()
+                        }),
+                        ..Frame::reply(kind::SUBSCRIBE, seq)
+                    },
+                    Err(refusal) => {
+                        let reply = Frame::error(kind::ERROR, seq, refusal.code, refusal.message);
+                        return self.reject(socket, refusal.code, reply).await;
                     }
                 }
             }
@@ -302,6 +262,18 @@ impl Session<'_> {
         } else {
             Some("write_failed")
         }
+    }
+
+    /// Replaces the connection's subscriptions after checking them against the token's claims.
+    fn resubscribe(&self, wanted: Subscriptions) -> Result<Subscriptions, super::Refusal> {
+        let identity = crate::auth::Identity {
+            app: self.conn.info.app.to_string(),
+            user: self.conn.info.user.to_string(),
+            topics: self.conn.info.topic_claim.clone(),
+        };
+        super::check_subscriptions(self.state, &identity, &wanted)?;
+        self.state.hub.set_subscriptions(self.conn, wanted.clone());
+        Ok(wanted)
     }
 
     /// Answers a bad client frame with an error frame; closes after too many.
@@ -353,20 +325,6 @@ async fn write_timeout(socket: &mut Socket) -> &'static str {
     metrics::counter!("mps_heartbeat_timeouts_total").increment(1);
     socket.close(close::TIMEOUT, "peer not reading").await;
     "write_timeout"
-}
-
-/// Most components one connection may subscribe to.
-pub const MAX_COMPONENTS: usize = 256;
-
-/// Checks a component set from a client.
-pub fn check_components(components: &[String]) -> Result<(), String> {
-    if components.len() > MAX_COMPONENTS {
-        return Err(format!("at most {MAX_COMPONENTS} components"));
-    }
-    for c in components {
-        crate::engine::check_name("component", c).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 /// Frame bytes of an error reply, for the login phase.

@@ -136,7 +136,7 @@ pub fn client_info(user: &str, agent: &str, components: &[&str]) -> ClientInfo {
         user: Some(user.into()),
         way: Some("websocket".into()),
         component_set: Some(components.iter().map(|c| c.to_string()).collect()),
-        device: None,
+        ..ClientInfo::default()
     }
 }
 
@@ -148,6 +148,7 @@ pub fn message(content: &str, receiver: Option<&[&str]>) -> SendMessage {
         title: Some("title".into()),
         kind: 0,
         component: None,
+        topic: None,
         agents: None,
         ttl: None,
         sender: Some("tests".into()),

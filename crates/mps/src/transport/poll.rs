@@ -1,0 +1,95 @@
+//! `GET /poll`: long polling (`timeout` seconds, default 25) and short polling (`timeout=0`).
+//! A poll registers a connection for its duration, so it takes the same catch-up and live
+//! fan-out as every other transport, and answers with the messages as a JSON array.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use mps_proto::{Frame, PushedMessage};
+
+use super::catchup::CatchUp;
+use super::{ClientQuery, Registration, count_bad_input, verify_client};
+use crate::api::ApiError;
+use crate::hub::Outbound;
+use crate::server::ServerState;
+
+/// Default and longest wait of a long poll, seconds.
+pub const DEFAULT_WAIT: u64 = 25;
+pub const MAX_WAIT: u64 = 60;
+/// Most messages one poll returns; the next poll continues from the last id.
+const MAX_MESSAGES: usize = 1000;
+
+pub async fn poll(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Query(query): Query<ClientQuery>,
+    headers: HeaderMap,
+) -> Response {
+    metrics::counter!("mps_polls_total").increment(1);
+    let identity = match verify_client(&state, &headers, query.token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
+    let wait = query.timeout.unwrap_or(DEFAULT_WAIT);
+    if wait > MAX_WAIT {
+        count_bad_input("bad_query");
+        return ApiError::invalid("bad_query", format!("timeout must be 0 to {MAX_WAIT}"))
+            .into_response();
+    }
+    let login = match super::check_login(
+        &state,
+        &identity,
+        query.login_request(query.since.clone()),
+        "poll",
+        remote,
+    ) {
+        Ok(login) => login,
+        Err(refusal) => {
+            count_bad_input(refusal.code);
+            return ApiError::from(refusal).into_response();
+        }
+    };
+    let registration = Registration::new(&state, &login);
+    let conn = &registration.conn;
+    let mut catchup = CatchUp::new(login.last_id);
+    let mut owed = Vec::new();
+    while !catchup.done() && owed.len() < MAX_MESSAGES {
+        match catchup.next(&state.engine, conn).await {
+            Ok(batch) => owed.extend(batch.into_iter().filter(|o| o.id != 0)),
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
+    if owed.is_empty() && wait > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(wait), conn.wait()).await;
+    }
+    let mut live = Vec::new();
+    conn.drain(&mut live);
+    owed.extend(live.into_iter().filter(|o| !catchup.is_repeat(o.id)));
+    owed.truncate(MAX_MESSAGES);
+
+    let directed = owed.iter().filter(|o| o.directed).map(|o| o.id).collect();
+    state
+        .engine
+        .delivered(conn.info.app.clone(), conn.info.user.clone(), directed)
+        .await;
+    let messages: Vec<PushedMessage> = owed.iter().filter_map(message_of).collect();
+    let mut response = Json(messages).into_response();
+    if !catchup.truncated.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&catchup.truncated.join(","))
+    {
+        response.headers_mut().insert("mps-reset", value);
+    }
+    response
+}
+
+/// The `Message` of an encoded push frame.
+fn message_of(out: &Outbound) -> Option<PushedMessage> {
+    serde_json::from_slice::<Frame>(&out.frame)
+        .ok()
+        .and_then(|f| f.message)
+}

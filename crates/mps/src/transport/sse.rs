@@ -1,0 +1,165 @@
+//! `GET /sse`: Server-Sent Events. Every push is an event whose `id` is the message id and whose
+//! `data` is exactly the WebSocket push frame, so `EventSource` resumes by itself with
+//! `Last-Event-ID`. A comment line is the heartbeat.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::catchup::CatchUp;
+use super::{ClientQuery, Registration, count_bad_input, verify_client};
+use crate::api::ApiError;
+use crate::hub::{CloseReason, Outbound};
+use crate::server::ServerState;
+
+/// Milliseconds `EventSource` waits before reconnecting.
+const RETRY_MS: u64 = 3000;
+
+pub async fn sse(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Query(query): Query<ClientQuery>,
+    headers: HeaderMap,
+) -> Response {
+    metrics::counter!("mps_upgrades_total", "endpoint" => "sse").increment(1);
+    let identity = match verify_client(&state, &headers, query.token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.last_id.clone());
+    let login = match super::check_login(
+        &state,
+        &identity,
+        query.login_request(last_id),
+        "sse",
+        remote,
+    ) {
+        Ok(login) => login,
+        Err(refusal) => {
+            count_bad_input(refusal.code);
+            return ApiError::from(refusal).into_response();
+        }
+    };
+    let registration = Registration::new(&state, &login);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(
+        state.config.connection.heartbeat.max(1),
+    ));
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    heartbeat.reset();
+    let stream = Stream {
+        state,
+        registration,
+        catchup: CatchUp::new(login.last_id),
+        heartbeat,
+        batch: Vec::new(),
+        started: false,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(stream, Stream::next));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell nginx-style proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+struct Stream {
+    state: Arc<ServerState>,
+    registration: Registration,
+    catchup: CatchUp,
+    heartbeat: Interval,
+    batch: Vec<Outbound>,
+    started: bool,
+}
+
+impl Stream {
+    /// The next chunk of the event stream; `None` ends the response (and, dropping the
+    /// registration, takes the connection out of the hub).
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        if !self.started {
+            self.started = true;
+            return Some((Ok(format!("retry: {RETRY_MS}\n\n").into()), self));
+        }
+        let conn = self.registration.conn.clone();
+        if !self.catchup.done() {
+            match self.catchup.next(&self.state.engine, &conn).await {
+                Ok(mut batch) => {
+                    let chunk = self.events(&mut batch, false).await;
+                    return Some((Ok(chunk), self));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading backlog failed");
+                    self.registration.reason = "store_error";
+                    return None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = conn.wait() => {
+                let closing = conn.drain(&mut self.batch);
+                if let Some(reason) = closing {
+                    self.registration.reason = match reason {
+                        CloseReason::SlowConsumer => "slow_consumer",
+                        CloseReason::Kicked => "kicked",
+                        CloseReason::Shutdown => "shutdown",
+                    };
+                    return None;
+                }
+                let mut batch = std::mem::take(&mut self.batch);
+                let chunk = self.events(&mut batch, true).await;
+                self.batch = batch;
+                Some((Ok(chunk), self))
+            }
+            _ = self.heartbeat.tick() => Some((Ok(Bytes::from_static(b": ping\n\n")), self)),
+        }
+    }
+
+    /// Encodes frames as events and records the directed ones as delivered.
+    async fn events(&mut self, batch: &mut Vec<Outbound>, live: bool) -> Bytes {
+        let mut chunk = BytesMut::new();
+        let mut directed = Vec::new();
+        for out in batch.drain(..) {
+            if live && self.catchup.is_repeat(out.id) {
+                continue;
+            }
+            if out.id == 0 {
+                chunk.put_slice(b"event: reset\n");
+            } else {
+                let _ = writeln!(chunk, "id: {}", out.id);
+            }
+            chunk.put_slice(b"data: ");
+            chunk.put_slice(&out.frame);
+            chunk.put_slice(b"\n\n");
+            if out.directed {
+                directed.push(out.id);
+            }
+        }
+        let info = &self.registration.conn.info;
+        self.state
+            .engine
+            .delivered(info.app.clone(), info.user.clone(), directed)
+            .await;
+        if chunk.is_empty() {
+            // Nothing left after dropping repeats; a comment keeps the stream well-formed.
+            return Bytes::from_static(b":\n\n");
+        }
+        chunk.freeze()
+    }
+}

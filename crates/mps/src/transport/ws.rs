@@ -1,0 +1,208 @@
+//! The WebSocket endpoints:
+//! - `GET /ws`: the Message Push Protocol; the first frame (`Type` 1) carries the token.
+//! - `GET /websocket/{token}`: the simple form; the token is checked before the upgrade.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use mps_proto::{Frame, PROTOCOL_VERSION, SessionInfo, close, frame::kind};
+
+use super::session::{self, error_bytes, failure_close};
+use super::socket::{Inbound, Socket};
+use super::{ClientQuery, Login, LoginRequest, count_bad_input, verify_client};
+use crate::api::ApiError;
+use crate::engine::encode;
+use crate::server::ServerState;
+
+/// `GET /ws`: upgrade, then wait for the open frame.
+pub async fn protocol_ws(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    metrics::counter!("mps_upgrades_total", "endpoint" => "ws").increment(1);
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => return not_websocket(e),
+    };
+    super::socket::configure(upgrade, &state.config.connection)
+        .on_upgrade(move |ws| open_session(state, Socket::new(ws), remote))
+}
+
+/// A plain HTTP request (or a broken handshake) on a WebSocket endpoint.
+fn not_websocket(rejection: WebSocketUpgradeRejection) -> Response {
+    count_bad_input("not_websocket");
+    ApiError::new(rejection.status(), "not_websocket", rejection.body_text()).into_response()
+}
+
+/// An open refused: close code, the `Seq` to echo, error code and message.
+type OpenRefusal = (u16, Option<u64>, &'static str, String);
+
+/// Reads and checks the open frame, then runs the session.
+async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: SocketAddr) {
+    let wait = Duration::from_secs(state.config.connection.open_timeout.max(1));
+    let first = match tokio::time::timeout(wait, socket.recv()).await {
+        Ok(inbound) => inbound,
+        Err(_) => {
+            count_bad_input("open_timeout");
+            socket.close(close::TIMEOUT, "no open frame in time").await;
+            return;
+        }
+    };
+    let text = match first {
+        Inbound::Text(text) => text,
+        Inbound::Failed(failure) => {
+            let (code, reason, label) = failure_close(failure);
+            count_bad_input(label);
+            socket.close(code, reason).await;
+            return;
+        }
+        Inbound::Closed => return,
+        Inbound::Binary | Inbound::Alive => {
+            count_bad_input("open_expected");
+            socket
+                .close(close::PROTOCOL, "expected an open frame")
+                .await;
+            return;
+        }
+    };
+    let opened = match serde_json::from_str::<Frame>(text.as_str()) {
+        Err(e) => Err((close::PROTOCOL, None, "bad_json", e.to_string())),
+        Ok(frame) if frame.kind != kind::OPEN => Err((
+            close::PROTOCOL,
+            frame.seq,
+            "open_expected",
+            format!("expected Type 1, got {}", frame.kind),
+        )),
+        Ok(frame) => check_open(&state, frame, remote),
+    };
+    let (seq, login) = match opened {
+        Ok(ok) => ok,
+        Err((code, seq, label, message)) => {
+            count_bad_input(label);
+            socket
+                .send(error_bytes(kind::OPEN_ACK, seq, label, message.clone()))
+                .await;
+            socket.close(code, &message).await;
+            return;
+        }
+    };
+    let registration = super::Registration::new(&state, &login);
+    let conn = &registration.conn;
+    let ack = Frame {
+        version: Some(PROTOCOL_VERSION),
+        session: Some(SessionInfo {
+            id: conn.id.to_string(),
+            app: conn.info.app.to_string(),
+            user: conn.info.user.to_string(),
+            agent: conn.info.agent.to_string(),
+            heartbeat: state.config.connection.heartbeat,
+            timeout: state.config.connection.timeout,
+        }),
+        ..Frame::reply(kind::OPEN_ACK, seq)
+    };
+    if !socket.send(encode(&ack)).await {
+        return;
+    }
+    session::run(state, socket, registration, login.last_id).await;
+}
+
+/// Validates an open frame: token, user, way, then the login itself.
+fn check_open(
+    state: &ServerState,
+    frame: Frame,
+    remote: SocketAddr,
+) -> Result<(Option<u64>, Login), OpenRefusal> {
+    let seq = frame.seq;
+    let token = frame
+        .security
+        .as_ref()
+        .map(|s| s.token.as_str())
+        .unwrap_or("");
+    let identity = state
+        .auth
+        .verify(token)
+        .map_err(|e| (close::UNAUTHORIZED, seq, e.code(), e.to_string()))?;
+    let client = frame.client.unwrap_or_default();
+    if client.user.as_ref().is_some_and(|u| *u != identity.user) {
+        return Err((
+            close::UNAUTHORIZED,
+            seq,
+            "user_mismatch",
+            "Client.user is not the token's user".to_owned(),
+        ));
+    }
+    if let Some(way) = client.way.as_deref().filter(|w| *w != "websocket") {
+        return Err((
+            close::PROTOCOL,
+            seq,
+            "unsupported_way",
+            format!("way {way:?} is not supported; use \"websocket\""),
+        ));
+    }
+    let request = LoginRequest {
+        agent: client.agent,
+        device: client.device,
+        components: client.component_set.unwrap_or_default(),
+        topics: client.topics.unwrap_or_default(),
+        last_id: client.last_id,
+    };
+    let login =
+        super::check_login(state, &identity, request, "websocket", remote).map_err(|r| {
+            let code = if r.forbidden {
+                close::KICKED
+            } else {
+                close::PROTOCOL
+            };
+            (code, seq, r.code, r.message)
+        })?;
+    Ok((seq, login))
+}
+
+/// `GET /websocket/{token}`: the token is checked before upgrading; a bad one gets 401.
+pub async fn simple_ws(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    Query(query): Query<ClientQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    metrics::counter!("mps_upgrades_total", "endpoint" => "websocket").increment(1);
+    let identity = match verify_client(&state, &HeaderMap::new(), Some(&token)) {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.last_id.clone());
+    let login = match super::check_login(
+        &state,
+        &identity,
+        query.login_request(last_id),
+        "websocket-simple",
+        remote,
+    ) {
+        Ok(login) => login,
+        Err(refusal) => {
+            count_bad_input(refusal.code);
+            return ApiError::from(refusal).into_response();
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => return not_websocket(e),
+    };
+    super::socket::configure(upgrade, &state.config.connection).on_upgrade(move |ws| async move {
+        let registration = super::Registration::new(&state, &login);
+        session::run(state, Socket::new(ws), registration, login.last_id).await;
+    })
+}
