@@ -316,7 +316,9 @@ impl Engine {
         if ids.is_empty() {
             return;
         }
-        metrics::counter!("mps_directed_delivered_total").increment(ids.len() as u64);
+        crate::telemetry::hot()
+            .directed_delivered
+            .increment(ids.len() as u64);
         let _ = self.delivered.send(Delivered { app, user, ids }).await;
     }
 

@@ -1,6 +1,9 @@
 //! Logs (text or JSON, to stderr) and the Prometheus recorder behind `/metrics`.
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use metrics::Counter;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -36,6 +39,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     describe();
+    hot();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -44,6 +48,22 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         }
     });
     Ok(handle)
+}
+
+/// Handles of the metrics recorded per delivery, looked up once instead of on every write.
+pub struct Hot {
+    pub frames_sent: Counter,
+    pub directed_delivered: Counter,
+}
+
+/// The per-delivery metric handles (resolved against the recorder on first use, which is after
+/// [`init_metrics`] in a running server).
+pub fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| Hot {
+        frames_sent: metrics::counter!("mps_frames_sent_total"),
+        directed_delivered: metrics::counter!("mps_directed_delivered_total"),
+    })
 }
 
 fn describe() {

@@ -168,12 +168,14 @@ impl Session<'_> {
         if !socket.flush().await {
             return false;
         }
-        metrics::counter!("mps_frames_sent_total").increment(written);
-        let info = &self.conn.info;
-        self.state
-            .engine
-            .delivered(info.app.clone(), info.user.clone(), directed)
-            .await;
+        crate::telemetry::hot().frames_sent.increment(written);
+        if !directed.is_empty() {
+            let info = &self.conn.info;
+            self.state
+                .engine
+                .delivered(info.app.clone(), info.user.clone(), directed)
+                .await;
+        }
         true
     }
 
@@ -312,6 +314,11 @@ async fn unless_stalled<T>(
     timeout: Duration,
     write: impl Future<Output = T>,
 ) -> Result<T, Stall> {
+    let mut write = std::pin::pin!(write);
+    // Most writes finish at once; only a write that has to wait arms the timer.
+    if let Some(done) = futures_util::FutureExt::now_or_never(write.as_mut()) {
+        return Ok(done);
+    }
     tokio::select! {
         biased;
         done = write => Ok(done),

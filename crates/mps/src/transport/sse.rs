@@ -135,6 +135,7 @@ impl Stream {
     async fn events(&mut self, batch: &mut Vec<Outbound>, live: bool) -> Bytes {
         let mut chunk = BytesMut::new();
         let mut directed = Vec::new();
+        let mut written = 0;
         for out in batch.drain(..) {
             if live && self.catchup.is_repeat(out.id) {
                 continue;
@@ -150,12 +151,16 @@ impl Stream {
             if out.directed {
                 directed.push(out.id);
             }
+            written += 1;
         }
-        let info = &self.registration.conn.info;
-        self.state
-            .engine
-            .delivered(info.app.clone(), info.user.clone(), directed)
-            .await;
+        crate::telemetry::hot().frames_sent.increment(written);
+        if !directed.is_empty() {
+            let info = &self.registration.conn.info;
+            self.state
+                .engine
+                .delivered(info.app.clone(), info.user.clone(), directed)
+                .await;
+        }
         if chunk.is_empty() {
             // Nothing left after dropping repeats; a comment keeps the stream well-formed.
             return Bytes::from_static(b":\n\n");
