@@ -1,6 +1,9 @@
 //! Rust client for mps: [`PushClient`] speaks the Message Push Protocol over WebSocket like a
-//! browser or desktop client would; [`Api`] calls the HTTP API like a back end would. The tests
-//! and the benchmark are built on it.
+//! browser or desktop client would; [`Sse`] reads `GET /sse` like `EventSource` would; [`Api`]
+//! calls the HTTP API like a back end would, and polls `GET /poll` like a polling client. The
+//! tests and the benchmark are built on it.
+
+mod sse;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use mps_proto as proto;
+pub use sse::{Sse, SseBlock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -202,6 +206,21 @@ impl PushClient {
         .map(|_| ())
     }
 
+    /// Replaces the topic patterns (`Type` 8 with `Client.topics`); returns the patterns the
+    /// server confirmed.
+    pub async fn set_topics(&mut self, topics: &[&str]) -> Result<Vec<String>> {
+        let reply = self
+            .request(Frame {
+                client: Some(ClientInfo {
+                    topics: Some(topics.iter().map(|t| t.to_string()).collect()),
+                    ..ClientInfo::default()
+                }),
+                ..Frame::reply(frame::kind::SUBSCRIBE, None)
+            })
+            .await?;
+        Ok(reply.client.and_then(|c| c.topics).unwrap_or_default())
+    }
+
     /// Reads until the server closes; returns its close code and reason.
     pub async fn closed(&mut self, wait: Duration) -> Result<(u16, String)> {
         tokio::time::timeout(wait, async {
@@ -236,6 +255,38 @@ fn closed(frame: Option<CloseFrame>) -> Error {
     }
 }
 
+/// Sends a request; a non-2xx answer becomes [`Error::Refused`] with the server's error body.
+async fn fetch(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::header::HeaderMap, bytes::Bytes)> {
+    let response = request.send().await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await?;
+    if !status.is_success() {
+        let error = serde_json::from_slice::<ErrorResponse>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| ErrorBody {
+                code: "unknown".into(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        return Err(Error::Refused {
+            status: status.as_u16(),
+            error,
+        });
+    }
+    Ok((headers, bytes))
+}
+
+/// The answer to a poll.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    /// Oldest first.
+    pub messages: Vec<PushedMessage>,
+    /// The `MPS-Reset` header: topic patterns whose history no longer reaches back to `since`.
+    pub reset: Option<Vec<String>>,
+}
+
 /// The back-end HTTP API.
 #[derive(Clone)]
 pub struct Api {
@@ -255,21 +306,7 @@ impl Api {
     }
 
     async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
-        let response = request.send().await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        if !status.is_success() {
-            let error = serde_json::from_slice::<ErrorResponse>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| ErrorBody {
-                    code: "unknown".into(),
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                });
-            return Err(Error::Refused {
-                status: status.as_u16(),
-                error,
-            });
-        }
+        let (_, bytes) = fetch(request).await?;
         if bytes.is_empty() {
             return Ok(serde_json::from_str("null")?);
         }
@@ -352,6 +389,35 @@ impl Api {
                 .bearer_auth(token),
         )
         .await
+    }
+
+    /// A poll (`GET /poll`) with the client's token; `query` holds the other parameters
+    /// (`timeout`, `since`, `topics`, `components`, `agent`). Returns when the server answers:
+    /// at once when messages are owed, else when one arrives or the timeout passes.
+    pub async fn poll<Q: Serialize + ?Sized>(&self, token: &str, query: &Q) -> Result<Polled> {
+        let (headers, bytes) = fetch(
+            self.http
+                .get(format!("{}/poll", self.base))
+                .bearer_auth(token)
+                .query(query),
+        )
+        .await?;
+        let reset = headers
+            .get("mps-reset")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(str::to_owned).collect());
+        Ok(Polled {
+            messages: serde_json::from_slice(&bytes)?,
+            reset,
+        })
+    }
+
+    /// The URL of the event stream with this query (`token`, `topics`, `components`...).
+    pub fn sse_url<Q: Serialize + ?Sized>(&self, query: &Q) -> Result<String> {
+        let url = reqwest::Url::parse(&format!("{}/sse", self.base))
+            .map_err(|e| Error::Unexpected(e.to_string()))?;
+        let request = self.http.get(url).query(query).build()?;
+        Ok(request.url().to_string())
     }
 
     /// A client acks by HTTP with its own token.

@@ -20,6 +20,7 @@ pub struct Server {
     pub addr: String,
     pub data: tempfile::TempDir,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Server {
@@ -34,12 +35,33 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr) = spawn(data.path(), &env, "127.0.0.1:0");
+        let (child, addr) = spawn(data.path(), &env, &[], "127.0.0.1:0");
         Server {
             child,
             addr,
             data,
             env,
+            args: Vec::new(),
+        }
+    }
+
+    /// Starts with a TOML configuration file (`--config`) and extra `MPS_*` variables.
+    pub fn with_config(toml: &str, env: &[(&str, &str)]) -> Server {
+        let data = tempfile::tempdir().expect("temp dir");
+        let file = data.path().join("mps.toml");
+        std::fs::write(&file, toml).expect("write config");
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args = vec!["--config".to_owned(), file.display().to_string()];
+        let (child, addr) = spawn(data.path(), &env, &args, "127.0.0.1:0");
+        Server {
+            child,
+            addr,
+            data,
+            env,
+            args,
         }
     }
 
@@ -59,7 +81,7 @@ impl Server {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
-        let (child, addr) = spawn(self.data.path(), &self.env, &self.addr);
+        let (child, addr) = spawn(self.data.path(), &self.env, &self.args, &self.addr);
         self.child = child;
         self.addr = addr;
     }
@@ -101,10 +123,16 @@ fn unsafe_kill(pid: u32, signal: &str) {
         .status();
 }
 
-fn spawn(data: &std::path::Path, env: &[(String, String)], listen: &str) -> (Child, String) {
+fn spawn(
+    data: &std::path::Path,
+    env: &[(String, String)],
+    args: &[String],
+    listen: &str,
+) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mps"));
     command
         .args(["serve", "--listen", listen, "--admin-key", ADMIN_KEY])
+        .args(args)
         .args(["--jwt-secret", JWT_SECRET, "--data-dir"])
         .arg(data)
         .env("RUST_LOG", "warn")
@@ -154,6 +182,73 @@ pub fn message(content: &str, receiver: Option<&[&str]>) -> SendMessage {
         sender: Some("tests".into()),
         app: None,
     }
+}
+
+/// A send request to `topic` with JSON content.
+pub fn topic_message(topic: &str, content: &str) -> SendMessage {
+    SendMessage {
+        topic: Some(topic.into()),
+        ..message(content, None)
+    }
+}
+
+impl Server {
+    /// Publishes `content` to `topic`; returns the message id.
+    pub async fn publish(&self, topic: &str, content: &str) -> String {
+        let sent = self
+            .api()
+            .send(&topic_message(topic, content))
+            .await
+            .expect("publish to topic");
+        assert_eq!(sent.class, mps_client::proto::DeliveryClass::Topic);
+        sent.id
+    }
+
+    /// A token whose `topics` claim lists `topics`.
+    pub async fn topic_token(&self, user: &str, topics: &[&str]) -> String {
+        self.api()
+            .token_with(&mps_client::proto::TokenRequest {
+                user: user.to_owned(),
+                app: None,
+                ttl: None,
+                topics: Some(topics.iter().map(|t| t.to_string()).collect()),
+            })
+            .await
+            .expect("token")
+            .token
+    }
+
+    /// Opens a session as `user` subscribed to topic `patterns`, resuming after `last_id`.
+    pub async fn connect_topics(
+        &self,
+        user: &str,
+        patterns: &[&str],
+        last_id: Option<&str>,
+    ) -> PushClient {
+        let token = self.token(user).await;
+        let client = ClientInfo {
+            topics: Some(patterns.iter().map(|p| p.to_string()).collect()),
+            last_id: last_id.map(str::to_owned),
+            ..client_info(user, "bs", &[])
+        };
+        PushClient::open(&self.ws(), &token, client)
+            .await
+            .expect("open session")
+    }
+
+    /// Opens `GET /sse?{query}` with extra request headers.
+    pub async fn sse(
+        &self,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> mps_client::Result<mps_client::Sse> {
+        mps_client::Sse::connect(&format!("{}/sse?{query}", self.http()), headers).await
+    }
+}
+
+/// The `Message` ids of a list of pushed messages.
+pub fn ids_of(messages: &[mps_client::proto::PushedMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.id.clone()).collect()
 }
 
 // ---- Helpers for raw WebSocket, HTTP and polling, shared by the integration tests. ----
