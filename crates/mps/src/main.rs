@@ -1,4 +1,5 @@
-//! The `mps` command: `serve` runs the server; `token` issues a client token.
+//! The `mps` command: `serve` runs the server; `token` issues a client token; `bench` measures a
+//! running server (or Nchan) from the outside (the `mps-bench` crate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,12 @@ enum Command {
         /// A topic pattern the client may subscribe to (repeatable); none means any.
         #[arg(long = "topic")]
         topics: Vec<String>,
+    },
+    /// Load-test a running server (or Nchan): fan-out, idle connections, directed messages,
+    /// connection rate.
+    Bench {
+        #[command(subcommand)]
+        mode: mps_bench::Mode,
     },
 }
 
@@ -141,5 +148,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Bench { mode } => mps_bench::run(mode),
     }
 }
