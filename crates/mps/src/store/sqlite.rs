@@ -48,7 +48,6 @@ CREATE TABLE IF NOT EXISTS recipients (
     PRIMARY KEY (message_id, user)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipients_user ON recipients(app, user, status, message_id);
-CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status, message_id);
 CREATE TABLE IF NOT EXISTS topics (
     app     TEXT NOT NULL,
     topic   TEXT NOT NULL,
@@ -149,7 +148,8 @@ impl SqliteStore {
         let writer = Connection::open(&path).map_err(backend)?;
         writer
             .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+                 PRAGMA wal_autocheckpoint=16384; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
             )
             .map_err(backend)?;
         writer.execute_batch(SCHEMA).map_err(backend)?;
@@ -226,36 +226,46 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<(Write, Reply)>) {
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let started = Instant::now();
         let size = batch.len();
-        let mut results = Vec::with_capacity(size);
-        let committed = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (op, _) in batch.iter() {
-                tx.execute_batch("SAVEPOINT op")?;
-                let result = apply(&tx, op);
-                if result.is_err() {
-                    tx.execute_batch("ROLLBACK TO op")?;
-                }
-                tx.execute_batch("RELEASE op")?;
-                results.push(result.map_err(backend));
-            }
-            tx.commit()
-        })();
-        metrics::histogram!("mps_store_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("mps_store_commit_batch").record(size as f64);
-        match committed {
-            Ok(()) => {
-                for ((_, reply), result) in batch.drain(..).zip(results) {
-                    let _ = reply.send(result);
-                }
+        // One transaction for the whole batch. Writes only fail on corrupt input or a broken
+        // disk; if the batch fails, each write is retried alone so that one bad write cannot
+        // fail the others.
+        let results = match commit(&mut conn, &batch) {
+            Ok(results) => results,
+            Err(e) if size > 1 => {
+                tracing::warn!(error = %e, size, "batch commit failed; retrying writes one by one");
+                batch
+                    .iter()
+                    .map(|op| match commit(&mut conn, std::slice::from_ref(op)) {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| Err(backend("no result"))),
+                        Err(e) => Err(backend(e)),
+                    })
+                    .collect()
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(backend(&e)));
-                }
+                vec![Err(backend(e))]
             }
+        };
+        metrics::histogram!("mps_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("mps_store_commit_batch").record(size as f64);
+        for ((_, reply), result) in batch.drain(..).zip(results) {
+            let _ = reply.send(result);
         }
     }
+}
+
+/// Applies writes in one transaction; all or nothing.
+fn commit(
+    conn: &mut Connection,
+    batch: &[(Write, Reply)],
+) -> rusqlite::Result<Vec<Result<Written, StoreError>>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (op, _) in batch {
+        results.push(Ok(apply(&tx, op)?));
+    }
+    tx.commit()?;
+    Ok(results)
 }
 
 fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
