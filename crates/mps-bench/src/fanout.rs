@@ -274,6 +274,7 @@ pub async fn run(ctx: Arc<Ctx>, args: FanoutArgs) -> anyhow::Result<Report> {
     let at_connected = sample(pids)?;
 
     let pad = "x".repeat(args.payload);
+    eprintln!("bench: {connected} subscribers connected; publishing");
     let client_cpu = own_cpu_s();
     let start_ns = now_ns();
     let start = Instant::now();
