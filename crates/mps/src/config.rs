@@ -29,6 +29,8 @@ pub struct Config {
     pub connection: ConnectionConfig,
     pub messages: MessagesConfig,
     pub topics: TopicsConfig,
+    pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     /// Client-facing base URLs per network line (for example `intranet` and `internet`),
     /// returned with every issued token. Empty means the listener's own address.
     pub lines: BTreeMap<String, String>,
@@ -111,6 +113,51 @@ pub struct TopicsConfig {
     pub require_claim: bool,
 }
 
+/// Where messages are stored: the embedded SQLite store in `data_dir` unless a PostgreSQL URL
+/// is given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user@host:5432/db` (libpq URL or key=value form): store messages in
+    /// PostgreSQL, shared by every node of a cluster.
+    pub postgres_url: Option<String>,
+    /// Most PostgreSQL connections this node opens (one of them is the group-commit writer).
+    pub postgres_pool: usize,
+}
+
+/// Scale-out over Redis: fan-out between nodes and the cluster-wide registry of online clients.
+/// Off (a single node) unless `redis_url` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:6379/0`: join the cluster of the nodes sharing this Redis.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so that several clusters can share one Redis.
+    pub key_prefix: String,
+    /// Seconds a node's registry entries outlive its last refresh; a crashed node's clients
+    /// leave the list within this time. Refreshed every third of it.
+    pub presence_ttl: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            postgres_url: None,
+            postgres_pool: 16,
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            key_prefix: "mps".into(),
+            presence_ttl: 15,
+        }
+    }
+}
+
 /// Retention of the topics matching `pattern`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +215,8 @@ impl Default for Config {
             connection: ConnectionConfig::default(),
             messages: MessagesConfig::default(),
             topics: TopicsConfig::default(),
+            store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
             lines: BTreeMap::new(),
         }
     }
@@ -231,6 +280,20 @@ pub struct Overrides {
     pub admin_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterOverrides>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct StoreOverrides {
+    pub postgres_url: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ClusterOverrides {
+    pub redis_url: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -273,6 +336,11 @@ impl Config {
         if shown.auth.jwt_secret.is_some() {
             shown.auth.jwt_secret = Some("<hidden>".into());
         }
+        for url in [&mut shown.store.postgres_url, &mut shown.cluster.redis_url] {
+            if let Some(shown_url) = url.as_deref().map(mask_password) {
+                *url = Some(shown_url);
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
@@ -282,6 +350,20 @@ impl Config {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "mps".into())
         })
+    }
+}
+
+/// A URL with its password (`scheme://user:PASSWORD@host`) replaced.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) if credentials.contains(':') => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<hidden>@{host}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -314,6 +396,36 @@ mod tests {
             assert_eq!(config.admin_key.as_deref(), Some("from-env"));
             assert_eq!(config.connection.queue, 7);
             assert_eq!(config.connection.heartbeat, 3);
+            assert_eq!(config.cluster.redis_url, None);
+            assert_eq!(config.store.postgres_url, None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn cluster_urls_from_env_and_flags_and_masked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MPS_CLUSTER__REDIS_URL", "redis://127.0.0.1:7000");
+            jail.set_env("MPS_CLUSTER__PRESENCE_TTL", "5");
+            let config = Config::load(
+                None,
+                Overrides {
+                    store: Some(StoreOverrides {
+                        postgres_url: "postgres://mps:secret@db/mps".into(),
+                    }),
+                    ..Overrides::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                config.cluster.redis_url.as_deref(),
+                Some("redis://127.0.0.1:7000")
+            );
+            assert_eq!(config.cluster.presence_ttl, 5);
+            let shown = config.to_toml_masked();
+            assert!(shown.contains("postgres://mps:<hidden>@db/mps"), "{shown}");
+            assert!(!shown.contains("secret"), "{shown}");
             Ok(())
         });
     }

@@ -127,6 +127,10 @@ impl Engine {
         &self.store
     }
 
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
     /// Accepts a message. Directed messages are durable when this returns.
     pub async fn send(&self, req: SendMessage) -> Result<SendResult, EngineError> {
         let app = req.app.unwrap_or_else(|| DEFAULT_APP.to_owned());
@@ -266,6 +270,10 @@ impl Engine {
         agent: &str,
         after: u64,
     ) -> Result<Vec<(u64, Bytes)>, EngineError> {
+        if after == 0 {
+            // What is published from now on reaches this connection; read the store after.
+            self.broker.ready().await;
+        }
         let pending = self
             .store
             .pending(app, user, Some(agent), after, BACKLOG_PAGE)
@@ -286,6 +294,7 @@ impl Engine {
         if patterns.is_empty() || after == 0 {
             return Ok(TopicReplay::default());
         }
+        self.broker.ready().await;
         let replay = self
             .store
             .topic_since(app, patterns, after, MAX_REPLAY)
@@ -320,6 +329,23 @@ impl Engine {
             .directed_delivered
             .increment(ids.len() as u64);
         let _ = self.delivered.send(Delivered { app, user, ids }).await;
+    }
+
+    /// Records deliveries in the store before returning, for a transport whose next request
+    /// starts afresh and must not find these messages pending again (polling).
+    pub async fn delivered_now(
+        &self,
+        app: &str,
+        user: &str,
+        ids: Vec<u64>,
+    ) -> Result<(), EngineError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let count = ids.len() as u64;
+        self.store.mark_delivered(app, user, ids).await?;
+        crate::telemetry::hot().directed_delivered.increment(count);
+        Ok(())
     }
 
     /// A client's ack of message ids (decimal strings); returns how many changed to `acked`.

@@ -42,6 +42,12 @@ impl IdGen {
     }
 }
 
+/// The smallest id any node assigns at Unix millisecond `ms`: ids above it were assigned then
+/// or later.
+pub fn first_id_at(ms: u64) -> u64 {
+    ms.saturating_sub(EPOCH_MS) << TIME_SHIFT
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     SystemTime::now()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use mps::config::{AuthOverrides, Config, Overrides};
+use mps::config::{AuthOverrides, ClusterOverrides, Config, Overrides, StoreOverrides};
 
 /// mps, the message push service: holds long connections to browsers, desktop clients and
 /// phones, and delivers what back ends send it, durably, with per-recipient status.
@@ -32,6 +32,13 @@ enum Command {
         /// HS256 secret for client tokens; generated into the data directory when unset.
         #[arg(long)]
         jwt_secret: Option<String>,
+        /// Redis shared by the nodes of a cluster (cluster.redis_url), e.g. redis://10.0.0.5:6379.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// PostgreSQL message store shared by the nodes (store.postgres_url), e.g.
+        /// postgres://mps@10.0.0.6/mps.
+        #[arg(long)]
+        postgres_url: Option<String>,
         /// Print the merged configuration (secrets hidden) and exit.
         #[arg(long)]
         print_config: bool,
@@ -102,6 +109,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             admin_key,
             jwt_secret,
+            redis_url,
+            postgres_url,
             print_config,
         } => {
             let config = load(
@@ -112,6 +121,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     auth: jwt_secret.map(|s| AuthOverrides {
                         jwt_secret: Some(s),
                     }),
+                    store: postgres_url.map(|postgres_url| StoreOverrides { postgres_url }),
+                    cluster: redis_url.map(|redis_url| ClusterOverrides { redis_url }),
                     ..Overrides::default()
                 },
             )?;

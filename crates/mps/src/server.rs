@@ -21,7 +21,9 @@ use crate::broker::LocalBroker;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::{CloseReason, Hub};
+use crate::presence::{LocalPresence, Presence};
 use crate::store::Store;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 
 /// What every handler and session shares.
@@ -30,6 +32,8 @@ pub struct ServerState {
     pub auth: Authenticator,
     pub engine: Arc<Engine>,
     pub hub: Arc<Hub>,
+    /// Online clients of every node (this node's hub when not in a cluster).
+    pub presence: Arc<dyn Presence>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
     /// The address actually bound (the configured port may be 0).
@@ -121,13 +125,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let secrets = Secrets::resolve(&config, true)?;
     let auth = authenticator(&config, &secrets)?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data_dir)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-    );
+    let store: Arc<dyn Store> = match &config.store.postgres_url {
+        Some(url) => Arc::new(
+            PostgresStore::connect(url, config.store.postgres_pool)
+                .await
+                .context("opening the PostgreSQL store")?,
+        ),
+        None => Arc::new(
+            SqliteStore::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+    };
     let node = config.node_name();
-    let hub = Arc::new(Hub::new(&node, config.connection.queue));
-    let broker = Arc::new(LocalBroker::new(hub.clone()));
+    let hub = Hub::new(&node, config.node_id, config.connection.queue);
+    let (hub, broker, presence): crate::cluster::Joined = match &config.cluster.redis_url {
+        Some(url) => crate::cluster::join(&config, url, hub, store.clone())?,
+        None => {
+            let hub = Arc::new(hub);
+            (
+                hub.clone(),
+                Arc::new(LocalBroker::new(hub.clone())),
+                Arc::new(LocalPresence::new(hub)),
+            )
+        }
+    };
     let engine = Engine::new(
         store.clone(),
         broker,
@@ -143,6 +164,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         auth,
         engine,
         hub: hub.clone(),
+        presence,
         metrics,
         started: Instant::now(),
         local_addr,

@@ -9,30 +9,14 @@ use mps_proto::OnlineClient;
 use serde::Serialize;
 
 use super::{Admin, ApiError};
-use crate::hub::{CloseReason, Conn};
 use crate::server::ServerState;
 
-fn describe(conn: &Conn, node: &str) -> OnlineClient {
-    let info = &conn.info;
-    let subscriptions = conn.subscriptions();
-    OnlineClient {
-        id: conn.id.to_string(),
-        app: info.app.to_string(),
-        user: info.user.to_string(),
-        agent: info.agent.to_string(),
-        device: info.device.as_deref().map(str::to_owned),
-        transport: info.transport.to_owned(),
-        login: info.login,
-        remote: info.remote.to_string(),
-        node: node.to_owned(),
-        components: subscriptions.components,
-        topics: subscriptions.topics,
-    }
-}
-
-pub async fn list(_: Admin, State(state): State<Arc<ServerState>>) -> Json<Vec<OnlineClient>> {
-    let node = state.hub.node();
-    Json(state.hub.list().iter().map(|c| describe(c, node)).collect())
+/// Online clients of every node.
+pub async fn list(
+    _: Admin,
+    State(state): State<Arc<ServerState>>,
+) -> Result<Json<Vec<OnlineClient>>, ApiError> {
+    Ok(Json(state.presence.list().await?))
 }
 
 pub async fn disconnect(
@@ -40,13 +24,12 @@ pub async fn disconnect(
     State(state): State<Arc<ServerState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let conn = id
-        .parse()
-        .ok()
-        .and_then(|id| state.hub.get(id))
-        .ok_or_else(|| ApiError::not_found("client"))?;
-    conn.close(CloseReason::Kicked);
-    Ok(StatusCode::NO_CONTENT)
+    // The client may be on another node; its node closes it.
+    if state.presence.disconnect(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("client"))
+    }
 }
 
 #[derive(Serialize)]

@@ -19,6 +19,7 @@ use mps_proto::{ErrorBody, ErrorResponse};
 
 use crate::auth::{AuthError, Identity, bearer};
 use crate::engine::EngineError;
+use crate::presence::PresenceError;
 use crate::server::ServerState;
 use crate::store::StoreError;
 
@@ -49,17 +50,24 @@ pub fn routes() -> Router<Arc<ServerState>> {
         })
 }
 
+/// Ready while not shutting down and the store and broker answer (PostgreSQL and Redis in a
+/// cluster).
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     if state.shutting_down() {
-        ApiError::new(
+        return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the server is shutting down",
         )
-        .into_response()
-    } else {
-        "ready".into_response()
+        .into_response();
     }
+    if let Err(e) = state.engine.store().check().await {
+        return ApiError::from(e).into_response();
+    }
+    if let Err(e) = state.engine.broker().check().await {
+        return ApiError::from(EngineError::Broker(e)).into_response();
+    }
+    "ready".into_response()
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> String {
@@ -121,6 +129,16 @@ impl From<StoreError> for ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_unavailable",
             e.to_string(),
         )
     }

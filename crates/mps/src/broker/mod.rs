@@ -1,6 +1,9 @@
 //! Fan-out of live messages to the nodes that hold the recipients' connections, behind the
 //! [`Broker`] trait. The embedded default, [`LocalBroker`], hands envelopes straight to this
-//! node's hub; a cluster broker carries them to every node's hub.
+//! node's hub; [`redis::RedisBroker`] carries them to every node's hub over Redis pub/sub.
+
+pub mod redis;
+mod wire;
 
 use std::sync::Arc;
 
@@ -19,6 +22,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Delivers the envelope to every node's matching connections; returns how many
     /// connections of this node took it (other nodes report nothing back).
     async fn publish(&self, envelope: Envelope) -> Result<usize, BrokerError>;
+
+    /// Returns once every connection registered so far receives what is published from now
+    /// on, from any node. A connection's catch-up reads the store after this, so that each
+    /// message is either in what it reads or delivered live.
+    async fn ready(&self) {}
+
+    /// Whether the broker can reach what it needs (for `/readyz`).
+    async fn check(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// Single-node broker: publishing is delivering to the local hub.

@@ -1,6 +1,11 @@
 //! The connections of this node: who is online, indexed by app, user and component, each with a
 //! bounded outbound queue. Fan-out takes the registry's read lock, appends a shared frame to each
 //! matching queue and wakes the connection's task; nothing awaits while a lock is held.
+//!
+//! Connection ids carry the node number in their high bits, so they are unique across a
+//! cluster and tell which node holds a connection. Observers (the cluster's broker and
+//! registry) learn of every change as a [`HubEvent`], sent under the lock so they see changes
+//! in the order they happened.
 
 mod conn;
 
@@ -10,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use tokio::sync::mpsc::UnboundedSender;
 
 pub use conn::{CloseReason, Conn, ConnInfo, Outbound, Subscriptions};
 
@@ -38,6 +44,34 @@ pub struct Envelope {
     pub directed: bool,
     /// The encoded push frame, shared by every connection it goes to.
     pub frame: Bytes,
+}
+
+/// A change of this node's connections, for observers.
+#[derive(Clone)]
+pub enum HubEvent {
+    /// A connection registered; `first_of_user` / `first_of_app` when it is the user's / app's
+    /// only one on this node.
+    Connected {
+        conn: Arc<Conn>,
+        first_of_user: bool,
+        first_of_app: bool,
+    },
+    /// A connection changed its components or topic patterns.
+    Resubscribed(Arc<Conn>),
+    /// A connection left; `last_of_user` / `last_of_app` when nothing of the user / app is left.
+    Disconnected {
+        conn: Arc<Conn>,
+        last_of_user: bool,
+        last_of_app: bool,
+    },
+}
+
+/// Bits of a connection id below the node number.
+const CONN_ID_BITS: u32 = 48;
+
+/// The node number held in a connection id.
+pub fn node_of(conn_id: u64) -> u16 {
+    (conn_id >> CONN_ID_BITS) as u16
 }
 
 type ConnSet = HashMap<u64, Arc<Conn>>;
@@ -92,24 +126,45 @@ struct Registry {
 
 pub struct Hub {
     node: Arc<str>,
+    node_id: u16,
     next_id: AtomicU64,
     queue: usize,
     registry: RwLock<Registry>,
+    /// Told of every change, in order (empty on a single node).
+    observers: Vec<UnboundedSender<HubEvent>>,
 }
 
 impl Hub {
-    /// `queue` bounds each connection's outbound queue.
-    pub fn new(node: &str, queue: usize) -> Self {
+    /// `node_id` goes into connection ids; `queue` bounds each connection's outbound queue.
+    pub fn new(node: &str, node_id: u16, queue: usize) -> Self {
         Hub {
             node: node.into(),
-            next_id: AtomicU64::new(1),
+            node_id,
+            next_id: AtomicU64::new((u64::from(node_id) << CONN_ID_BITS) | 1),
             queue: queue.max(1),
             registry: RwLock::new(Registry::default()),
+            observers: Vec::new(),
         }
+    }
+
+    /// Adds an observer of connection changes.
+    pub fn with_observer(mut self, observer: UnboundedSender<HubEvent>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    pub fn node_id(&self) -> u16 {
+        self.node_id
+    }
+
+    fn notify(&self, event: HubEvent) {
+        for observer in &self.observers {
+            let _ = observer.send(event.clone());
+        }
     }
 
     /// Adds a connection; it receives fan-out from now on.
@@ -118,36 +173,53 @@ impl Hub {
         let conn = Arc::new(Conn::new(id, info, self.queue, subscriptions.clone()));
         let mut registry = self.registry.write();
         let app = registry.apps.entry(conn.info.app.clone()).or_default();
+        let first_of_app = app.all.is_empty();
         app.all.insert(id, conn.clone());
-        app.users
-            .entry(conn.info.user.clone())
-            .or_default()
-            .push(conn.clone());
+        let user = app.users.entry(conn.info.user.clone()).or_default();
+        let first_of_user = user.is_empty();
+        user.push(conn.clone());
         app.index(&conn, &subscriptions);
         registry.by_id.insert(id, conn.clone());
         metrics::gauge!("mps_connections").increment(1.0);
+        if !self.observers.is_empty() {
+            self.notify(HubEvent::Connected {
+                conn: conn.clone(),
+                first_of_user,
+                first_of_app,
+            });
+        }
         conn
     }
 
     pub fn unregister(&self, conn: &Conn) {
         let mut registry = self.registry.write();
-        if registry.by_id.remove(&conn.id).is_none() {
+        let Some(removed) = registry.by_id.remove(&conn.id) else {
             return;
-        }
+        };
+        let (mut last_of_user, mut last_of_app) = (false, false);
         if let Some(app) = registry.apps.get_mut(&conn.info.app) {
             app.all.remove(&conn.id);
             if let Some(list) = app.users.get_mut(&conn.info.user) {
                 list.retain(|c| c.id != conn.id);
                 if list.is_empty() {
                     app.users.remove(&conn.info.user);
+                    last_of_user = true;
                 }
             }
             app.unindex(conn.id, &conn.subscriptions());
             if app.all.is_empty() {
                 registry.apps.remove(&conn.info.app);
+                last_of_app = true;
             }
         }
         metrics::gauge!("mps_connections").decrement(1.0);
+        if !self.observers.is_empty() {
+            self.notify(HubEvent::Disconnected {
+                conn: removed,
+                last_of_user,
+                last_of_app,
+            });
+        }
     }
 
     /// Replaces a connection's components and topic patterns.
@@ -159,6 +231,9 @@ impl Hub {
         let old = conn.set_subscriptions(subscriptions.clone());
         app.unindex(conn.id, &old);
         app.index(conn, &subscriptions);
+        if !self.observers.is_empty() {
+            self.notify(HubEvent::Resubscribed(conn.clone()));
+        }
     }
 
     /// Queues an envelope on every matching local connection; returns how many took it.
@@ -294,7 +369,7 @@ mod tests {
 
     #[test]
     fn routes_topics_by_pattern_once_per_connection() {
-        let hub = Hub::new("n1", 8);
+        let hub = Hub::new("n1", 0, 8);
         let wide = hub.register(
             info("default", "a", "bs"),
             topics(&["alarms/#", "alarms/+/r1"]),
@@ -318,7 +393,7 @@ mod tests {
 
     #[test]
     fn routes_by_user_component_agent_and_app() {
-        let hub = Hub::new("n1", 8);
+        let hub = Hub::new("n1", 0, 8);
         let a_bs = hub.register(info("default", "alice", "bs"), components(&["esbm"]));
         let a_ios = hub.register(info("default", "alice", "ios"), components(&[]));
         let b = hub.register(info("default", "bob", "cs"), components(&["esbm"]));
@@ -355,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_closes_only_that_connection() {
-        let hub = Hub::new("n1", 2);
+        let hub = Hub::new("n1", 0, 2);
         let slow = hub.register(info("default", "slow", "bs"), components(&[]));
         let fast = hub.register(info("default", "fast", "bs"), components(&[]));
         let all = envelope("default", Target::All, None);
@@ -366,5 +441,44 @@ mod tests {
         assert_eq!(hub.deliver(&all), 1, "only the fast one takes the third");
         assert_eq!(slow.closing(), Some(CloseReason::SlowConsumer));
         assert_eq!(fast.closing(), None);
+    }
+
+    #[test]
+    fn ids_carry_the_node_and_observers_see_first_and_last() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let hub = Hub::new("n7", 7, 8).with_observer(tx);
+        let a = hub.register(info("default", "alice", "bs"), components(&[]));
+        let b = hub.register(info("default", "alice", "ios"), components(&[]));
+        assert_eq!(node_of(a.id), 7);
+        assert_ne!(a.id, b.id);
+        hub.set_subscriptions(&a, components(&["esbm"]));
+        hub.unregister(&a);
+        hub.unregister(&b);
+        let mut seen = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            seen.push(match event {
+                HubEvent::Connected {
+                    first_of_user,
+                    first_of_app,
+                    ..
+                } => format!("connected {first_of_user} {first_of_app}"),
+                HubEvent::Resubscribed(_) => "resubscribed".to_owned(),
+                HubEvent::Disconnected {
+                    last_of_user,
+                    last_of_app,
+                    ..
+                } => format!("disconnected {last_of_user} {last_of_app}"),
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "connected true true",
+                "connected false false",
+                "resubscribed",
+                "disconnected false false",
+                "disconnected true true",
+            ]
+        );
     }
 }

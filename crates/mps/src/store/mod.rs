@@ -1,7 +1,8 @@
 //! Persistence of directed messages and their per-recipient status, behind the [`Store`] trait.
-//! The embedded default is [`sqlite::SqliteStore`]; a cluster backend implements the same trait
-//! and passes the same suite (`suite.rs`).
+//! The embedded default is [`sqlite::SqliteStore`]; the cluster's [`postgres::PostgresStore`]
+//! implements the same trait and passes the same suite (`suite.rs`).
 
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -140,4 +141,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops retained messages created before each topic's cutoff (Unix ms); returns how many.
     async fn trim_topics(&self, cutoffs: Vec<(String, String, i64)>) -> Result<u64, StoreError>;
+
+    /// Whether the store can be reached (for `/readyz`).
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

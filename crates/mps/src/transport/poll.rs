@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use mps_proto::{Frame, PushedMessage};
 
 use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, count_bad_input, verify_client};
-use crate::api::ApiError;
+use crate::api::{ApiError, Params};
 use crate::hub::Outbound;
 use crate::server::ServerState;
 
@@ -27,7 +27,7 @@ const MAX_MESSAGES: usize = 1000;
 pub async fn poll(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    Query(query): Query<ClientQuery>,
+    Params(query): Params<ClientQuery>,
     headers: HeaderMap,
 ) -> Response {
     metrics::counter!("mps_polls_total").increment(1);
@@ -72,11 +72,17 @@ pub async fn poll(
     owed.extend(live.into_iter().filter(|o| !catchup.is_repeat(o.id)));
     owed.truncate(MAX_MESSAGES);
 
+    // Recorded before answering: the client's next poll is a new registration with no memory of
+    // what this one sent, so it must not find these messages still pending.
     let directed = owed.iter().filter(|o| o.directed).map(|o| o.id).collect();
-    state
+    if let Err(e) = state
         .engine
-        .delivered(conn.info.app.clone(), conn.info.user.clone(), directed)
-        .await;
+        .delivered_now(&conn.info.app, &conn.info.user, directed)
+        .await
+    {
+        // Still pending, so they come again: at least once.
+        tracing::warn!(error = %e, "recording poll deliveries failed");
+    }
     let messages: Vec<PushedMessage> = owed.iter().filter_map(message_of).collect();
     let mut response = Json(messages).into_response();
     if !catchup.truncated.is_empty()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,7 +17,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, count_bad_input, verify_client};
-use crate::api::ApiError;
+use crate::api::{ApiError, Params};
 use crate::hub::{CloseReason, Outbound};
 use crate::server::ServerState;
 
@@ -27,7 +27,7 @@ const RETRY_MS: u64 = 3000;
 pub async fn sse(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    Query(query): Query<ClientQuery>,
+    Params(query): Params<ClientQuery>,
     headers: HeaderMap,
 ) -> Response {
     metrics::counter!("mps_upgrades_total", "endpoint" => "sse").increment(1);

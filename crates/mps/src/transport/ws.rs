@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use mps_proto::{Frame, PROTOCOL_VERSION, SessionInfo, close, frame::kind};
@@ -16,7 +16,7 @@ use mps_proto::{Frame, PROTOCOL_VERSION, SessionInfo, close, frame::kind};
 use super::session::{self, error_bytes, failure_close};
 use super::socket::{Inbound, Socket};
 use super::{ClientQuery, Login, LoginRequest, count_bad_input, verify_client};
-use crate::api::ApiError;
+use crate::api::{ApiError, Params};
 use crate::engine::encode;
 use crate::server::ServerState;
 
@@ -170,7 +170,7 @@ pub async fn simple_ws(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
-    Query(query): Query<ClientQuery>,
+    Params(query): Params<ClientQuery>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
