@@ -64,7 +64,8 @@ pub async fn poll(
             Err(e) => return ApiError::from(e).into_response(),
         }
     }
-    if owed.is_empty() && wait > 0 {
+    // A cut history is news too: the client must reload, so it is told at once.
+    if owed.is_empty() && catchup.truncated.is_empty() && wait > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(wait), conn.wait()).await;
     }
     let mut live = Vec::new();
