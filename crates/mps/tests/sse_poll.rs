@@ -625,3 +625,55 @@ async fn one_user_on_websocket_sse_and_a_long_poll_gets_a_directed_message_on_ea
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_log_emptied_by_time_is_reported_at_once_on_every_transport() {
+    let server = Server::with_env(&[
+        ("MPS_TOPICS__RETENTION", "1"),
+        ("MPS_MESSAGES__SWEEP_INTERVAL", "1"),
+    ]);
+    let api = server.api();
+    let token = server.token("paula").await;
+    let m0 = server.publish("alarms/a", r#"{"n":0}"#).await;
+    server.publish("alarms/a", r#"{"n":1}"#).await;
+    let query = [
+        ("since", m0.clone()),
+        ("topics", "alarms/#".to_owned()),
+        ("timeout", "0".to_owned()),
+    ];
+    eventually("the topic log to be trimmed by age", || async {
+        api.poll(&token, &query).await.unwrap().reset.is_some()
+    })
+    .await;
+
+    // Nothing is retained, but the client must reload: a long poll answers at once.
+    let started = Instant::now();
+    let long = [
+        ("since", m0.clone()),
+        ("topics", "alarms/#".to_owned()),
+        ("timeout", "5".to_owned()),
+    ];
+    let polled = api.poll(&token, &long).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(polled.reset, Some(vec!["alarms/#".to_owned()]));
+    assert!(polled.messages.is_empty(), "{polled:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    let mut ws = server
+        .connect_topics("paula", &["alarms/#"], Some(&m0))
+        .await;
+    let reset = tokio::time::timeout(WAIT, ws.next_frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reset.kind, kind::RESET, "{reset:?}");
+    let mut sse = server
+        .sse(
+            &format!("token={token}&topics=alarms/%23&last_id={m0}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let reset = sse.next_event(WAIT).await.unwrap();
+    assert_eq!(reset.event.as_deref(), Some("reset"), "{reset:?}");
+}
