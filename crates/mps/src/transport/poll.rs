@@ -71,6 +71,10 @@ pub async fn poll(
     let mut live = Vec::new();
     conn.drain(&mut live);
     owed.extend(live.into_iter().filter(|o| !catchup.is_repeat(o.id)));
+    // Topic replay, directed backlog and live messages, merged oldest first. What is cut off is
+    // the newest: its topic messages come again on the next poll (`since` the greatest id
+    // returned) and its directed ones are still pending.
+    owed.sort_by_key(|o| o.id);
     owed.truncate(MAX_MESSAGES);
 
     // Recorded before answering: the client's next poll is a new registration with no memory of
