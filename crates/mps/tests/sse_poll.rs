@@ -677,3 +677,29 @@ async fn a_log_emptied_by_time_is_reported_at_once_on_every_transport() {
     let reset = sse.next_event(WAIT).await.unwrap();
     assert_eq!(reset.event.as_deref(), Some("reset"), "{reset:?}");
 }
+
+#[tokio::test]
+async fn a_poll_owing_topic_and_directed_messages_answers_oldest_first() {
+    let server = Server::start();
+    let api = server.api();
+    let token = server.token("paula").await;
+    let base = server.publish("alarms/a", r#"{"n":0}"#).await;
+    let mut expected = Vec::new();
+    for n in 1..4 {
+        let m = message(&format!(r#"{{"d":{n}}}"#), Some(&["paula"]));
+        expected.push(api.send(&m).await.unwrap().id);
+        expected.push(server.publish("alarms/a", &format!(r#"{{"t":{n}}}"#)).await);
+    }
+    let polled = api
+        .poll(
+            &token,
+            &[
+                ("since", base.as_str()),
+                ("topics", "alarms/#"),
+                ("timeout", "0"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&polled.messages), expected);
+}
