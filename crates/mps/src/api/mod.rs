@@ -4,6 +4,7 @@
 
 mod clients;
 mod messages;
+mod sdk;
 mod tokens;
 
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/sdk/mps.js", get(sdk::script))
+        .route("/sdk/mps.d.ts", get(sdk::types))
+        .route("/demo", get(sdk::demo))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
