@@ -126,8 +126,9 @@ export function connect(options = {}) {
   function deliver(message) {
     if (!message || typeof message.id !== 'string') return;
     if (!lastId || compareIds(message.id, lastId) > 0) lastId = message.id;
-    if (!seen.add(message.id)) return; // a duplicate after a reconnect
+    // Acknowledge even a duplicate: the first ack may have been lost with the connection.
     if (message.ack && o.autoAck) queueAck(message.id);
+    if (!seen.add(message.id)) return; // a duplicate after a reconnect
     emit('message', message);
   }
 
@@ -313,8 +314,9 @@ export function connect(options = {}) {
       while (!stopped && r.live()) {
         controller = typeof AbortController === 'function' ? new AbortController() : null;
         guard = setTimeout(() => controller && controller.abort(), (o.pollTimeout + o.openTimeout) * 1000);
+        // The first request is a short poll, so the transport is known to work (open) at once.
         const url = `${http}/poll?${query({
-          since: lastId, timeout: o.pollTimeout, token: tok, topics: list(o.topics),
+          since: lastId, timeout: pollOpened ? o.pollTimeout : 0, token: tok, topics: list(o.topics),
           components: list(o.components), agent: o.agent, device: o.device,
         })}`;
         let res;

@@ -142,34 +142,36 @@ export async function launchBrowser() {
 }
 
 /**
- * Opens `html` as a page on the mps origin (`mps.http + pagePath`): the document itself is
- * answered by the browser's request interception, everything else (the SDK, /ws, /sse, /poll)
- * by the real server. Page errors and console lines are kept on `page.logs` for failures.
+ * Opens a page on the mps origin and runs `script` in it, as a page's own script would run.
+ * The document is the server's real `/healthz` (a blank page as far as scripts go): a document
+ * that came over loopback, so Chromium's local-network checks treat the page as the local page
+ * it is. Page errors and console lines are kept on `page.logs` for failures.
+ * `setup(page)` runs before the page loads (routes, init scripts).
  */
-export async function openPage(context, mps, html, pagePath = '/test/page.html') {
+export async function openPage(context, mps, script, { setup } = {}) {
   const page = await context.newPage();
   page.logs = [];
   page.on('console', (m) => page.logs.push(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.message}`));
-  await page.route((url) => url.pathname === pagePath, (route) =>
-    route.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body: html }));
-  await page.goto(`${mps.http}${pagePath}`);
+  if (setup) await setup(page);
+  await page.goto(`${mps.http}/healthz`);
+  await page.evaluate(script);
   return page;
 }
 
-/** A page that loads the SDK from the server and records what the client reports. */
+/** A page script that loads the SDK from the server and records what the client reports. */
 export function sdkPage(options) {
-  return `<!doctype html><meta charset="utf-8"><title>sdk test</title><body><script type="module">
-import { connect } from '/sdk/mps.js';
-window.got = [];
-window.events = [];
-const client = connect(${JSON.stringify(options)});
-window.client = client;
-client.on('message', (m) => { window.got.push(m); document.body.append(m.id + ' '); });
-for (const name of ['open', 'close', 'error', 'reset', 'transport']) {
-  client.on(name, (v) => window.events.push([name, v]));
-}
-</script></body>`;
+  return `(async () => {
+  const { connect } = await import('/sdk/mps.js');
+  window.got = [];
+  window.events = [];
+  const client = connect(${JSON.stringify(options)});
+  window.client = client;
+  client.on('message', (m) => window.got.push(m));
+  for (const name of ['open', 'close', 'error', 'reset', 'transport']) {
+    client.on(name, (v) => window.events.push([name, v]));
+  }
+})()`;
 }
 
 /** Polls `fn()` (in node) until it returns a truthy value; returns it, or fails after `ms`. */
