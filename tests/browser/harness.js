@@ -17,6 +17,10 @@ export const JWT_SECRET = 'browser-test-jwt-secret';
 const BIN = process.env.TEST_MPS_BIN || path.join(ROOT, 'target/debug/mps');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
+// Servers still running when the test process exits (a failed hook, a crash) are killed with it.
+const running = new Set();
+process.on('exit', () => { for (const child of running) child.kill('SIGKILL'); });
+
 /** A running `mps serve`, which can be killed and started again on the same port and data. */
 export class Mps {
   static async start() {
@@ -57,6 +61,8 @@ export class Mps {
       env: { ...env, RUST_LOG: 'warn' },
     });
     this.child = child;
+    running.add(child);
+    child.on('exit', () => running.delete(child));
     child.stderr.on('data', (d) => { this.stderr += d; });
     return new Promise((resolve, reject) => {
       let out = '';
