@@ -4,6 +4,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 
 import { Mps, launchBrowser, openPage, sdkPage, until, sleep } from './harness.js';
 
@@ -103,4 +104,32 @@ test('the demo page lists pushed messages newest on top', async () => {
   assert.equal(await page.locator('#total').textContent(), '2');
   assert.match(await page.locator('#list tr').first().textContent(), /plant\/boiler/);
   await page.close();
+});
+
+test('a page on another origin imports the SDK from the server and receives over WebSocket', async () => {
+  const { token } = await mps.token('heidi');
+  const site = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(`<!doctype html><meta charset="utf-8"><ul id="list"></ul><script type="module">
+      import { connect } from '${mps.http}/sdk/mps.js';
+      const push = connect({ url: '${mps.ws}', token: '${token}' });
+      push.on('open', (e) => { document.title = 'open ' + e.transport; });
+      push.on('message', (m) => {
+        const li = document.createElement('li');
+        li.textContent = m.EventData.ext.text;
+        document.getElementById('list').prepend(li);
+      });
+    </script>`);
+  });
+  await new Promise((r) => site.listen(0, '127.0.0.1', r));
+  try {
+    const page = await browser.context.newPage();
+    await page.goto(`http://127.0.0.1:${site.address().port}/`);
+    await until(async () => (await page.title()) === 'open websocket', 10000, 'the SDK to open');
+    await mps.send({ content: { text: 'hello from another origin' }, receiver: ['heidi'] });
+    await page.locator('#list li', { hasText: 'hello from another origin' }).waitFor({ timeout: 10000 });
+    await page.close();
+  } finally {
+    site.close();
+  }
 });
