@@ -111,6 +111,10 @@ pub struct TopicsConfig {
     pub max_subscriptions: usize,
     /// When true, a token without a `topics` claim may subscribe to no topic (default: any).
     pub require_claim: bool,
+    /// How far (ms) before a client's last id a resume replays again. Ids are assigned before
+    /// the store commit, so concurrent publishes can reach a client out of id order; the
+    /// overlap re-sends them (clients drop repeats by id) instead of losing one. 0 turns it off.
+    pub resume_overlap_ms: u64,
 }
 
 /// Where messages are stored: the embedded SQLite store in `data_dir` unless a PostgreSQL URL
@@ -198,6 +202,7 @@ impl Default for TopicsConfig {
             max_depth: 16,
             max_subscriptions: 256,
             require_claim: false,
+            resume_overlap_ms: 1000,
         }
     }
 }

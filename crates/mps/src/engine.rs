@@ -25,7 +25,8 @@ const MAX_TITLE: usize = 1024;
 pub const MAX_ACK_IDS: usize = 1000;
 /// Messages fetched from the store per backlog page.
 pub const BACKLOG_PAGE: usize = 500;
-/// Most topic messages replayed to one resuming client.
+/// Most topic messages replayed to one resuming client; a client further behind is told its
+/// history was cut.
 pub const MAX_REPLAY: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -295,10 +296,30 @@ impl Engine {
             return Ok(TopicReplay::default());
         }
         self.broker.ready().await;
-        let replay = self
+        let mut replay = self
             .store
             .topic_since(app, patterns, after, MAX_REPLAY)
             .await?;
+        // Ids are assigned before the store commit, so concurrent publishes can reach clients
+        // out of id order: a message with a lower id may arrive after the client's last id.
+        // Replay the overlap too; clients drop repeats by id.
+        let overlap_from = crate::id::minus_millis(after, self.topics.resume_overlap_ms);
+        let overlap = self
+            .store
+            .topic_since(app, patterns, overlap_from, MAX_REPLAY)
+            .await?;
+        let mut early: Vec<_> = overlap
+            .entries
+            .into_iter()
+            .take_while(|e| e.id <= after)
+            .collect();
+        early.append(&mut replay.entries);
+        replay.entries = early;
+        if replay.entries.len() >= MAX_REPLAY {
+            // Too far behind to replay: say so, as if the history had been cut.
+            replay.entries.clear();
+            replay.truncated = patterns.to_vec();
+        }
         metrics::counter!("mps_topic_replayed_total").increment(replay.entries.len() as u64);
         Ok(replay)
     }

@@ -48,6 +48,11 @@ pub fn first_id_at(ms: u64) -> u64 {
     ms.saturating_sub(EPOCH_MS) << TIME_SHIFT
 }
 
+/// The smallest id of any node `ms` milliseconds before `id`.
+pub fn minus_millis(id: u64, ms: u64) -> u64 {
+    (id >> TIME_SHIFT).saturating_sub(ms) << TIME_SHIFT
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     SystemTime::now()

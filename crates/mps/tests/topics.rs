@@ -399,3 +399,23 @@ async fn topic_messages_survive_kill_9() {
     let got = ids_until(&mut client, &mark).await;
     assert_eq!(got, ids[1..].to_vec());
 }
+
+/// With the default resume overlap, a resume also repeats what was published shortly before the
+/// client's last id (so a concurrent publish that arrived out of id order is never lost), and
+/// nothing else.
+#[tokio::test]
+async fn resume_overlap_repeats_only_recent_messages() {
+    let server = Server::with_env(&[("MPS_TOPICS__RESUME_OVERLAP_MS", "1000")]);
+    let early = server.publish("alarms/x", r#"{"n":0}"#).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let recent = server.publish("alarms/x", r#"{"n":1}"#).await;
+    let last = server.publish("alarms/x", r#"{"n":2}"#).await;
+    let missed = server.publish("alarms/x", r#"{"n":3}"#).await;
+    let mut client = server.connect_topics("u", &["alarms/#"], Some(&last)).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(client.next_push(WAIT).await.unwrap().id);
+    }
+    assert_eq!(got, [recent, last, missed]);
+    assert!(!got.contains(&early));
+}

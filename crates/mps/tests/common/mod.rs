@@ -136,6 +136,8 @@ fn spawn(
         .args(["--jwt-secret", JWT_SECRET, "--data-dir"])
         .arg(data)
         .env("RUST_LOG", "warn")
+        // Exact resume sets; the overlap has its own test and may be set through `env`.
+        .env("MPS_TOPICS__RESUME_OVERLAP_MS", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (k, v) in env {
