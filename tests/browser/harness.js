@@ -23,14 +23,16 @@ process.on('exit', () => { for (const child of running) child.kill('SIGKILL'); }
 
 /** A running `mps serve`, which can be killed and started again on the same port and data. */
 export class Mps {
-  static async start() {
-    const mps = new Mps(mkdtempSync(path.join(tmpdir(), 'mps-browser-')));
+  /** `env`: configuration as `MPS_*` variables, e.g. `{ MPS_TOPICS__RETENTION_COUNT: '2' }`. */
+  static async start(env = {}) {
+    const mps = new Mps(mkdtempSync(path.join(tmpdir(), 'mps-browser-')), env);
     await mps.spawn('127.0.0.1:0');
     return mps;
   }
 
-  constructor(dataDir) {
+  constructor(dataDir, env) {
     this.dataDir = dataDir;
+    this.env = env;
     this.child = null;
     this.addr = null;
     this.stderr = '';
@@ -58,7 +60,7 @@ export class Mps {
     const child = spawn(BIN, ['serve', '--listen', listen, '--data-dir', this.dataDir,
       '--admin-key', ADMIN_KEY, '--jwt-secret', JWT_SECRET], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...env, RUST_LOG: 'warn' },
+      env: { ...env, RUST_LOG: 'warn', ...this.env },
     });
     this.child = child;
     running.add(child);
@@ -173,7 +175,7 @@ export function sdkPage(options) {
   window.events = [];
   const client = connect(${JSON.stringify(options)});
   window.client = client;
-  client.on('message', (m) => window.got.push(m));
+  client.on('message', (m) => { window.got.push(m); window.events.push(['message', m.id]); });
   for (const name of ['open', 'close', 'error', 'reset', 'transport']) {
     client.on(name, (v) => window.events.push([name, v]));
   }
