@@ -106,14 +106,15 @@ export function connect(options = {}) {
   let seq = 0;
   let isOpen = false; // the current connection has opened
 
+  // Report a listener's exception like an uncaught one, without stopping the caller.
+  const report = (e) => (globalThis.reportError ? globalThis.reportError(e) : setTimeout(() => { throw e; }));
+
   function emit(event, value) {
     for (const fn of listeners[event] || []) {
       try { fn(value); } catch (e) { report(e); } // a bad listener must not stop delivery
     }
   }
 
-  // Report a listener's exception like an uncaught one, without stopping the caller.
-  const report = (e) => (globalThis.reportError ? globalThis.reportError(e) : setTimeout(() => { throw e; }));
   const token = async () => (typeof o.token === 'function' ? o.token() : o.token);
   const list = (xs) => (xs && xs.length ? xs.join(',') : null);
   function query(params) {
