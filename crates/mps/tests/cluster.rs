@@ -378,7 +378,7 @@ async fn three_nodes_deliver_list_and_disconnect_across_the_cluster() {
     let got = alice.next_push(WAIT).await.unwrap();
     assert_eq!(got.id, sent.id);
     assert_eq!(got.event_data.ext.get(), r#"{"to":"alice"}"#);
-    assert_eq!(alice.ack(&[sent.id.clone()]).await.unwrap(), 1);
+    assert_eq!(alice.ack(std::slice::from_ref(&sent.id)).await.unwrap(), 1);
 
     // ...and over Server-Sent Events.
     let mut bob = sse_on(c, "bob", "alarms/#", None).await;
@@ -494,7 +494,7 @@ async fn a_killed_node_leaves_the_registry_and_its_clients_resume_elsewhere() {
         .await
         .unwrap();
     assert_eq!(frank.next_push(WAIT).await.unwrap().id, acked.id);
-    frank.ack(&[acked.id.clone()]).await.unwrap();
+    frank.ack(std::slice::from_ref(&acked.id)).await.unwrap();
     eventually("frank listed everywhere", || async {
         listed(c).await.iter().any(|e| e.user == "frank")
     })
@@ -742,10 +742,13 @@ async fn a_topic_subscriber_resumes_on_another_node_without_a_gap() {
     }
     let mut sse = sse_on(&nodes[2], "ivan", "news/#", Some(&first)).await;
     let mut resumed = Vec::new();
-    while resumed.len() < missed.len() {
+    while !missed.iter().all(|id| resumed.contains(id)) {
         resumed.push(next_sse_id(&mut sse).await);
     }
-    assert_eq!(resumed, missed, "in commit order, nothing missing");
+    // The replay may repeat messages from just before the last id (clients drop repeats by id);
+    // the missed ones come complete and in order.
+    resumed.retain(|id| missed.contains(id));
+    assert_eq!(resumed, missed);
     drop(nodes);
     schema.drop().await;
 }

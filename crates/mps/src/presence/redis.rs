@@ -126,6 +126,7 @@ struct Keeper {
 
 impl Keeper {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<HubEvent>) {
+        self.check_node_id().await;
         let mut refresh = tokio::time::interval(Duration::from_millis(self.ttl * 1000 / 3));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
@@ -150,6 +151,25 @@ impl Keeper {
                     }
                 }
             }
+        }
+    }
+
+    /// Warns when another live node seems to use this node's id (ids must be unique).
+    async fn check_node_id(&self) {
+        let mut commands = self.cluster.commands.clone();
+        let score: redis::RedisResult<Option<f64>> = run(redis::cmd("ZSCORE")
+            .arg(self.cluster.nodes_key())
+            .arg(self.cluster.node_id)
+            .query_async(&mut commands))
+        .await;
+        if let Ok(Some(expires)) = score
+            && expires > now_ms() as f64
+        {
+            tracing::warn!(
+                node_id = self.cluster.node_id,
+                "this node_id is registered by a live node (or this node restarted within \
+                 cluster.presence_ttl); every node of a cluster needs its own node_id"
+            );
         }
     }
 

@@ -1,11 +1,8 @@
 //! The cluster store: PostgreSQL, shared by every node, through `tokio-postgres` and a
 //! `deadpool-postgres` pool.
 //!
-//! Writes are group-committed like the embedded store's: one writer task takes every write that
-//! arrived while the previous commit ran and applies them in one transaction, sending all of its
-//! statements at once (pipelined on one connection), so a batch costs about one round trip and
-//! one WAL flush. If the batch fails on one bad write, each write is retried in a transaction of
-//! its own so that it fails alone. Reads take a pooled connection each.
+//! Writes are group-committed like the embedded store's, by one writer task (`postgres/write.rs`);
+//! reads take a pooled connection each.
 //!
 //! The schema is embedded SQL (`postgres/*.sql`), applied in order at start under an advisory
 //! lock, and recorded in `mps_migrations`, so starting any number of nodes at once applies each
@@ -13,25 +10,28 @@
 //!
 //! Topic messages get a per-app `seq` under the app's row lock in `topic_apps`, held until
 //! commit: `seq` order is commit order across nodes. A client resuming after a retained topic
-//! message gets everything committed after it, whatever the nodes' clocks said.
+//! message gets everything with a greater id and everything committed after it, whatever the
+//! nodes' clocks said.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use mps_proto::{EventData, MessageRecord, Page, PushedMessage, RecipientStatus, Status};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
+mod write;
+
+use write::{Write, Written};
+
 use super::{MessageQuery, NewMessage, Store, StoreError, Swept, TopicEntry, TopicReplay};
 
 /// Writes waiting for the writer task; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;
-/// Most writes folded into one transaction.
-const MAX_BATCH: usize = 2048;
 /// Waiting for a pooled connection or a new one longer than this means PostgreSQL is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries at start while PostgreSQL is not there yet, one second apart.
@@ -63,38 +63,9 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("postgres: {e}"))
 }
 
-enum Write {
-    Insert(NewMessage),
-    Status {
-        app: String,
-        user: String,
-        ids: Vec<i64>,
-        to: Status,
-    },
-    Delete(u64),
-    Sweep {
-        now: i64,
-        keep_expired: i64,
-    },
-    AppendTopic {
-        app: String,
-        entry: TopicEntry,
-        created: i64,
-        keep: u64,
-    },
-    TrimTopics(Vec<(String, String, i64)>),
-}
-
-enum Written {
-    Count(u64),
-    Swept(Swept),
-}
-
-type Reply = oneshot::Sender<Result<Written, StoreError>>;
-
 pub struct PostgresStore {
     pool: Pool,
-    writes: mpsc::Sender<(Write, Reply)>,
+    writes: mpsc::Sender<(Write, write::Reply)>,
 }
 
 impl PostgresStore {
@@ -137,7 +108,7 @@ impl PostgresStore {
             }
         }
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(pool.clone(), rx));
+        tokio::spawn(write::write_loop(pool.clone(), rx));
         Ok(PostgresStore { pool, writes: tx })
     }
 
@@ -199,295 +170,6 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
         .map_err(backend)?;
     }
     tx.commit().await.map_err(backend)
-}
-
-/// Why a batch did not commit.
-enum Failure {
-    /// No connection, or it broke: every write of the batch fails the same way.
-    Unavailable(String),
-    /// PostgreSQL refused a statement: retry the writes one by one.
-    Refused(String),
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Self {
-        if e.code().is_some() {
-            Failure::Refused(e.to_string())
-        } else {
-            Failure::Unavailable(e.to_string())
-        }
-    }
-}
-
-async fn write_loop(pool: Pool, mut rx: mpsc::Receiver<(Write, Reply)>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let started = Instant::now();
-        let size = batch.len();
-        let ops: Vec<&Write> = batch.iter().map(|(op, _)| op).collect();
-        let results: Vec<Result<Written, StoreError>> = match commit(&pool, &ops).await {
-            Ok(written) => written.into_iter().map(Ok).collect(),
-            Err(Failure::Refused(e)) if size > 1 => {
-                tracing::warn!(error = %e, size, "batch refused; committing its writes one by one");
-                let mut results = Vec::with_capacity(size);
-                for op in &ops {
-                    results.push(match commit(&pool, &[op]).await {
-                        Ok(mut written) => written.pop().ok_or_else(|| backend("no answer")),
-                        Err(Failure::Refused(e) | Failure::Unavailable(e)) => Err(backend(e)),
-                    });
-                }
-                results
-            }
-            Err(Failure::Refused(e) | Failure::Unavailable(e)) => {
-                tracing::error!(error = %e, "store commit failed");
-                (0..size).map(|_| Err(backend(&e))).collect()
-            }
-        };
-        metrics::histogram!("mps_store_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("mps_store_commit_batch").record(size as f64);
-        for ((_, reply), result) in batch.drain(..).zip(results) {
-            let _ = reply.send(result);
-        }
-    }
-}
-
-/// Applies writes in one transaction, their statements pipelined.
-async fn commit(pool: &Pool, ops: &[&Write]) -> Result<Vec<Written>, Failure> {
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| Failure::Unavailable(format!("pool: {e}")))?;
-    let tx = client.transaction().await?;
-    // Topic sequence numbers: lock the apps' counters in name order (two nodes never wait on
-    // each other in a cycle), number the appends, store the counters back before commit.
-    let apps: Vec<String> = ops
-        .iter()
-        .filter_map(|op| match op {
-            Write::AppendTopic { app, .. } => Some(app.clone()),
-            _ => None,
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut counters: HashMap<String, i64> = HashMap::new();
-    if !apps.is_empty() {
-        tx.execute(
-            "INSERT INTO topic_apps (app, seq) SELECT unnest($1::text[]), 0 ON CONFLICT DO NOTHING",
-            &[&apps],
-        )
-        .await?;
-        for row in tx
-            .query(
-                "SELECT app, seq FROM topic_apps WHERE app = ANY($1) ORDER BY app FOR UPDATE",
-                &[&apps],
-            )
-            .await?
-        {
-            counters.insert(row.get(0), row.get(1));
-        }
-    }
-    let seqs: Vec<i64> = ops
-        .iter()
-        .map(|op| match op {
-            Write::AppendTopic { app, .. } => {
-                let counter = counters.entry(app.clone()).or_default();
-                *counter += 1;
-                *counter
-            }
-            _ => 0,
-        })
-        .collect();
-    let written = futures_util::future::try_join_all(
-        ops.iter().zip(seqs).map(|(op, seq)| apply(&tx, op, seq)),
-    )
-    .await?;
-    if !counters.is_empty() {
-        let (names, values): (Vec<String>, Vec<i64>) = counters.into_iter().unzip();
-        tx.execute(
-            "UPDATE topic_apps SET seq = v.seq FROM unnest($1::text[], $2::int8[]) AS v(app, seq)
-             WHERE topic_apps.app = v.app",
-            &[&names, &values],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(written)
-}
-
-async fn apply(
-    tx: &Transaction<'_>,
-    op: &Write,
-    seq: i64,
-) -> Result<Written, tokio_postgres::Error> {
-    match op {
-        Write::Insert(m) => {
-            let statement = tx
-                .prepare_cached(
-                    "WITH m AS (
-                        INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10))
-                     INSERT INTO recipients (message_id, app, recipient, status, updated)
-                     SELECT $1, $2, u, 0, $9 FROM unnest($11::text[]) AS u
-                     ON CONFLICT DO NOTHING",
-                )
-                .await?;
-            tx.execute(
-                &statement,
-                &[
-                    &(m.id as i64),
-                    &m.app,
-                    &m.title,
-                    &m.kind,
-                    &m.component,
-                    &m.sender,
-                    &m.agents,
-                    &m.content.get(),
-                    &m.created,
-                    &m.created.max(m.expires),
-                    &m.recipients,
-                ],
-            )
-            .await?;
-            Ok(Written::Count(1))
-        }
-        Write::Status { app, user, ids, to } => {
-            // Delivery moves only pending rows; an ack moves pending or delivered ones.
-            let statement = tx
-                .prepare_cached(
-                    "UPDATE recipients SET status = $1, updated = $2
-                     WHERE app = $3 AND recipient = $4 AND message_id = ANY($5) AND status < $1",
-                )
-                .await?;
-            let now = crate::id::now_ms() as i64;
-            let changed = tx
-                .execute(&statement, &[&status_code(*to), &now, app, user, ids])
-                .await?;
-            Ok(Written::Count(changed))
-        }
-        Write::Delete(id) => {
-            let statement = tx
-                .prepare_cached(
-                    "WITH r AS (DELETE FROM recipients WHERE message_id = $1)
-                     DELETE FROM messages WHERE id = $1",
-                )
-                .await?;
-            Ok(Written::Count(
-                tx.execute(&statement, &[&(*id as i64)]).await?,
-            ))
-        }
-        Write::Sweep { now, keep_expired } => sweep(tx, *now, *keep_expired).await,
-        Write::AppendTopic {
-            app,
-            entry,
-            created,
-            keep,
-        } => {
-            tx.execute(
-                "INSERT INTO topics (app, topic) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[app, &entry.topic],
-            )
-            .await?;
-            let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
-            let statement = tx
-                .prepare_cached(
-                    "INSERT INTO topic_log (app, topic, id, seq, created, frame)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (app, id) DO UPDATE SET frame = EXCLUDED.frame",
-                )
-                .await?;
-            tx.execute(
-                &statement,
-                &[app, &entry.topic, &(entry.id as i64), &seq, created, &frame],
-            )
-            .await?;
-            let keep = (*keep).min(i64::MAX as u64) as i64;
-            let statement = tx
-                .prepare_cached(
-                    "SELECT seq FROM topic_log WHERE app = $1 AND topic = $2
-                     ORDER BY seq DESC OFFSET $3 LIMIT 1",
-                )
-                .await?;
-            if let Some(row) = tx
-                .query_opt(&statement, &[app, &entry.topic, &keep])
-                .await?
-            {
-                let upto: i64 = row.get(0);
-                trim_topic(tx, app, &entry.topic, "seq <= $3", &upto).await?;
-            }
-            Ok(Written::Count(1))
-        }
-        Write::TrimTopics(cutoffs) => {
-            let mut dropped = 0;
-            for (app, topic, cutoff) in cutoffs {
-                dropped += trim_topic(tx, app, topic, "created < $3", cutoff).await?;
-            }
-            Ok(Written::Count(dropped))
-        }
-    }
-}
-
-/// Drops a topic's log entries matching `condition` (on `$3`) and raises its watermarks.
-async fn trim_topic(
-    tx: &Transaction<'_>,
-    app: &str,
-    topic: &str,
-    condition: &str,
-    value: &i64,
-) -> Result<u64, tokio_postgres::Error> {
-    let statement = tx
-        .prepare_cached(&format!(
-            "WITH d AS (DELETE FROM topic_log WHERE app = $1 AND topic = $2 AND {condition}
-                        RETURNING id, seq),
-                  u AS (UPDATE topics SET trimmed = greatest(trimmed, (SELECT max(id) FROM d)),
-                                          trimmed_seq = greatest(trimmed_seq, (SELECT max(seq) FROM d))
-                        WHERE app = $1 AND topic = $2)
-             SELECT count(*) FROM d"
-        ))
-        .await?;
-    let row = tx.query_one(&statement, &[&app, &topic, value]).await?;
-    Ok(row.get::<_, i64>(0) as u64)
-}
-
-async fn sweep(
-    tx: &Transaction<'_>,
-    now: i64,
-    keep_expired: i64,
-) -> Result<Written, tokio_postgres::Error> {
-    // One node sweeps at a time; the others find the row locked and skip this round.
-    let Some(row) = tx
-        .query_opt(
-            "SELECT expired_upto FROM sweeps WHERE id = 1 FOR UPDATE SKIP LOCKED",
-            &[],
-        )
-        .await?
-    else {
-        return Ok(Written::Swept(Swept::default()));
-    };
-    // Look a minute back past the last sweep: messages stored by a node whose clock is behind.
-    let since: i64 = row.get::<_, i64>(0).saturating_sub(60_000);
-    let expired = tx
-        .execute(
-            "UPDATE recipients SET status = 3, updated = $1
-             WHERE status < 2 AND message_id IN
-                 (SELECT id FROM messages WHERE expires > $2 AND expires <= $1)",
-            &[&now, &since],
-        )
-        .await?;
-    tx.execute(
-        "UPDATE sweeps SET expired_upto = greatest(expired_upto, $1) WHERE id = 1",
-        &[&now],
-    )
-    .await?;
-    let cutoff = now.saturating_sub(keep_expired);
-    let deleted = tx
-        .execute(
-            "WITH r AS (DELETE FROM recipients WHERE message_id IN
-                          (SELECT id FROM messages WHERE expires <= $1))
-             DELETE FROM messages WHERE expires <= $1",
-            &[&cutoff],
-        )
-        .await?;
-    Ok(Written::Swept(Swept { expired, deleted }))
 }
 
 /// Content was valid JSON when stored; a damaged row still comes back as a JSON string.
@@ -778,8 +460,9 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(backend)?;
-        // Resume by commit order after the client's last message when it is in the log, else
-        // by id (its last message was not a retained topic message of this app).
+        // Everything with a greater id, as in any store; and when the client's last message is
+        // in the log, also everything committed after it (a smaller id from a node whose clock
+        // is behind, or a commit that took longer).
         let resume_seq: Option<i64> = client
             .query_opt(
                 "SELECT seq FROM topic_log WHERE app = $1 AND id = $2",
@@ -799,10 +482,8 @@ impl Store for PostgresStore {
             if hits.is_empty() {
                 continue;
             }
-            let cut = match resume_seq {
-                Some(seq) => row.get::<_, i64>(2) > seq,
-                None => row.get::<_, i64>(1) as u64 > after,
-            };
+            let cut = row.get::<_, i64>(1) as u64 > after
+                || resume_seq.is_some_and(|seq| row.get::<_, i64>(2) > seq);
             if cut {
                 for p in hits {
                     if !replay.truncated.contains(p) {
@@ -816,18 +497,18 @@ impl Store for PostgresStore {
         if matching.is_empty() {
             return Ok(replay);
         }
-        let (condition, bound) = match resume_seq {
-            Some(seq) => ("seq > $3", seq),
-            None => ("id > $3", after as i64),
-        };
         let rows = client
             .query(
-                &format!(
-                    "SELECT id, topic, frame FROM topic_log
-                     WHERE app = $1 AND topic = ANY($2) AND {condition}
-                     ORDER BY seq LIMIT $4"
-                ),
-                &[&app, &matching, &bound, &(limit as i64)],
+                "SELECT id, topic, frame FROM topic_log
+                 WHERE app = $1 AND topic = ANY($2) AND (id > $3 OR seq > $4)
+                 ORDER BY id LIMIT $5",
+                &[
+                    &app,
+                    &matching,
+                    &(after as i64),
+                    &resume_seq.unwrap_or(i64::MAX),
+                    &(limit as i64),
+                ],
             )
             .await
             .map_err(backend)?;
@@ -886,6 +567,41 @@ mod tests {
         migrate(&store.pool).await.unwrap();
         super::super::suite::run(&store).await;
         store.check().await.unwrap();
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn resume_covers_messages_committed_later_with_smaller_ids() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let store = PostgresStore::connect(&schema.url, 4).await.unwrap();
+        let entry = |id: u64| TopicEntry {
+            id,
+            topic: "news".into(),
+            frame: format!(r#"{{"id":"{id}"}}"#).into(),
+        };
+        // 2000 is seen by the client; 1500 (from a node whose clock is behind) commits later.
+        for id in [1000, 2000, 1500, 2500] {
+            store
+                .append_topic("default", entry(id), 1, 100)
+                .await
+                .unwrap();
+        }
+        let patterns = vec!["news".to_owned()];
+        let replay = store
+            .topic_since("default", &patterns, 2000, 100)
+            .await
+            .unwrap();
+        let ids: Vec<u64> = replay.entries.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [1500, 2500]);
+        // Resuming from an id that is not in the log goes by id alone.
+        let replay = store
+            .topic_since("default", &patterns, 1200, 100)
+            .await
+            .unwrap();
+        let ids: Vec<u64> = replay.entries.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [1500, 2000, 2500]);
         schema.drop().await;
     }
 

@@ -1,0 +1,335 @@
+//! The writer of the PostgreSQL store: group commit. Every write that arrived while the
+//! previous transaction committed goes into the next one, its statements sent at once (pipelined
+//! on one connection), so a batch costs about one round trip and one WAL flush. A batch refused
+//! because of one bad write is committed again write by write, so that only that write fails.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use deadpool_postgres::{Pool, Transaction};
+use mps_proto::Status;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{backend, status_code};
+use crate::store::{NewMessage, StoreError, Swept, TopicEntry};
+
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 2048;
+
+pub(super) enum Write {
+    Insert(NewMessage),
+    Status {
+        app: String,
+        user: String,
+        ids: Vec<i64>,
+        to: Status,
+    },
+    Delete(u64),
+    Sweep {
+        now: i64,
+        keep_expired: i64,
+    },
+    AppendTopic {
+        app: String,
+        entry: TopicEntry,
+        created: i64,
+        keep: u64,
+    },
+    TrimTopics(Vec<(String, String, i64)>),
+}
+
+pub(super) enum Written {
+    Count(u64),
+    Swept(Swept),
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
+/// Why a batch did not commit.
+enum Failure {
+    /// No connection, or it broke: every write of the batch fails the same way.
+    Unavailable(String),
+    /// PostgreSQL refused a statement: retry the writes one by one.
+    Refused(String),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.code().is_some() {
+            Failure::Refused(e.to_string())
+        } else {
+            Failure::Unavailable(e.to_string())
+        }
+    }
+}
+
+pub(super) async fn write_loop(pool: Pool, mut rx: mpsc::Receiver<(Write, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let started = Instant::now();
+        let size = batch.len();
+        let ops: Vec<&Write> = batch.iter().map(|(op, _)| op).collect();
+        let results: Vec<Result<Written, StoreError>> = match commit(&pool, &ops).await {
+            Ok(written) => written.into_iter().map(Ok).collect(),
+            Err(Failure::Refused(e)) if size > 1 => {
+                tracing::warn!(error = %e, size, "batch refused; committing its writes one by one");
+                let mut results = Vec::with_capacity(size);
+                for op in &ops {
+                    results.push(match commit(&pool, &[op]).await {
+                        Ok(mut written) => written.pop().ok_or_else(|| backend("no answer")),
+                        Err(Failure::Refused(e) | Failure::Unavailable(e)) => Err(backend(e)),
+                    });
+                }
+                results
+            }
+            Err(Failure::Refused(e) | Failure::Unavailable(e)) => {
+                tracing::error!(error = %e, "store commit failed");
+                (0..size).map(|_| Err(backend(&e))).collect()
+            }
+        };
+        metrics::histogram!("mps_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("mps_store_commit_batch").record(size as f64);
+        for ((_, reply), result) in batch.drain(..).zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Applies writes in one transaction, their statements pipelined.
+async fn commit(pool: &Pool, ops: &[&Write]) -> Result<Vec<Written>, Failure> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| Failure::Unavailable(format!("pool: {e}")))?;
+    let tx = client.transaction().await?;
+    // Topic sequence numbers: lock the apps' counters in name order (two nodes never wait on
+    // each other in a cycle), number the appends, store the counters back before commit.
+    let apps: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Write::AppendTopic { app, .. } => Some(app.clone()),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut counters: HashMap<String, i64> = HashMap::new();
+    if !apps.is_empty() {
+        tx.execute(
+            "INSERT INTO topic_apps (app, seq) SELECT unnest($1::text[]), 0 ON CONFLICT DO NOTHING",
+            &[&apps],
+        )
+        .await?;
+        for row in tx
+            .query(
+                "SELECT app, seq FROM topic_apps WHERE app = ANY($1) ORDER BY app FOR UPDATE",
+                &[&apps],
+            )
+            .await?
+        {
+            counters.insert(row.get(0), row.get(1));
+        }
+    }
+    let seqs: Vec<i64> = ops
+        .iter()
+        .map(|op| match op {
+            Write::AppendTopic { app, .. } => {
+                let counter = counters.entry(app.clone()).or_default();
+                *counter += 1;
+                *counter
+            }
+            _ => 0,
+        })
+        .collect();
+    let written = futures_util::future::try_join_all(
+        ops.iter().zip(seqs).map(|(op, seq)| apply(&tx, op, seq)),
+    )
+    .await?;
+    if !counters.is_empty() {
+        let (names, values): (Vec<String>, Vec<i64>) = counters.into_iter().unzip();
+        tx.execute(
+            "UPDATE topic_apps SET seq = v.seq FROM unnest($1::text[], $2::int8[]) AS v(app, seq)
+             WHERE topic_apps.app = v.app",
+            &[&names, &values],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+async fn apply(
+    tx: &Transaction<'_>,
+    op: &Write,
+    seq: i64,
+) -> Result<Written, tokio_postgres::Error> {
+    match op {
+        Write::Insert(m) => {
+            let statement = tx
+                .prepare_cached(
+                    "WITH m AS (
+                        INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10))
+                     INSERT INTO recipients (message_id, app, recipient, status, updated)
+                     SELECT $1, $2, u, 0, $9 FROM unnest($11::text[]) AS u
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            tx.execute(
+                &statement,
+                &[
+                    &(m.id as i64),
+                    &m.app,
+                    &m.title,
+                    &m.kind,
+                    &m.component,
+                    &m.sender,
+                    &m.agents,
+                    &m.content.get(),
+                    &m.created,
+                    &m.created.max(m.expires),
+                    &m.recipients,
+                ],
+            )
+            .await?;
+            Ok(Written::Count(1))
+        }
+        Write::Status { app, user, ids, to } => {
+            // Delivery moves only pending rows; an ack moves pending or delivered ones.
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE recipients SET status = $1, updated = $2
+                     WHERE app = $3 AND recipient = $4 AND message_id = ANY($5) AND status < $1",
+                )
+                .await?;
+            let now = crate::id::now_ms() as i64;
+            let changed = tx
+                .execute(&statement, &[&status_code(*to), &now, app, user, ids])
+                .await?;
+            Ok(Written::Count(changed))
+        }
+        Write::Delete(id) => {
+            let statement = tx
+                .prepare_cached(
+                    "WITH r AS (DELETE FROM recipients WHERE message_id = $1)
+                     DELETE FROM messages WHERE id = $1",
+                )
+                .await?;
+            Ok(Written::Count(
+                tx.execute(&statement, &[&(*id as i64)]).await?,
+            ))
+        }
+        Write::Sweep { now, keep_expired } => sweep(tx, *now, *keep_expired).await,
+        Write::AppendTopic {
+            app,
+            entry,
+            created,
+            keep,
+        } => {
+            tx.execute(
+                "INSERT INTO topics (app, topic) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[app, &entry.topic],
+            )
+            .await?;
+            let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO topic_log (app, topic, id, seq, created, frame)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (app, id) DO UPDATE SET frame = EXCLUDED.frame",
+                )
+                .await?;
+            tx.execute(
+                &statement,
+                &[app, &entry.topic, &(entry.id as i64), &seq, created, &frame],
+            )
+            .await?;
+            let keep = (*keep).min(i64::MAX as u64) as i64;
+            let statement = tx
+                .prepare_cached(
+                    "SELECT seq FROM topic_log WHERE app = $1 AND topic = $2
+                     ORDER BY seq DESC OFFSET $3 LIMIT 1",
+                )
+                .await?;
+            if let Some(row) = tx
+                .query_opt(&statement, &[app, &entry.topic, &keep])
+                .await?
+            {
+                let upto: i64 = row.get(0);
+                trim_topic(tx, app, &entry.topic, "seq <= $3", &upto).await?;
+            }
+            Ok(Written::Count(1))
+        }
+        Write::TrimTopics(cutoffs) => {
+            let mut dropped = 0;
+            for (app, topic, cutoff) in cutoffs {
+                dropped += trim_topic(tx, app, topic, "created < $3", cutoff).await?;
+            }
+            Ok(Written::Count(dropped))
+        }
+    }
+}
+
+/// Drops a topic's log entries matching `condition` (on `$3`) and raises its watermarks.
+async fn trim_topic(
+    tx: &Transaction<'_>,
+    app: &str,
+    topic: &str,
+    condition: &str,
+    value: &i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = tx
+        .prepare_cached(&format!(
+            "WITH d AS (DELETE FROM topic_log WHERE app = $1 AND topic = $2 AND {condition}
+                        RETURNING id, seq),
+                  u AS (UPDATE topics SET trimmed = greatest(trimmed, (SELECT max(id) FROM d)),
+                                          trimmed_seq = greatest(trimmed_seq, (SELECT max(seq) FROM d))
+                        WHERE app = $1 AND topic = $2)
+             SELECT count(*) FROM d"
+        ))
+        .await?;
+    let row = tx.query_one(&statement, &[&app, &topic, value]).await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+async fn sweep(
+    tx: &Transaction<'_>,
+    now: i64,
+    keep_expired: i64,
+) -> Result<Written, tokio_postgres::Error> {
+    // One node sweeps at a time; the others find the row locked and skip this round.
+    let Some(row) = tx
+        .query_opt(
+            "SELECT expired_upto FROM sweeps WHERE id = 1 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await?
+    else {
+        return Ok(Written::Swept(Swept::default()));
+    };
+    // Look a minute back past the last sweep: messages stored by a node whose clock is behind.
+    let since: i64 = row.get::<_, i64>(0).saturating_sub(60_000);
+    let expired = tx
+        .execute(
+            "UPDATE recipients SET status = 3, updated = $1
+             WHERE status < 2 AND message_id IN
+                 (SELECT id FROM messages WHERE expires > $2 AND expires <= $1)",
+            &[&now, &since],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE sweeps SET expired_upto = greatest(expired_upto, $1) WHERE id = 1",
+        &[&now],
+    )
+    .await?;
+    let cutoff = now.saturating_sub(keep_expired);
+    let deleted = tx
+        .execute(
+            "WITH r AS (DELETE FROM recipients WHERE message_id IN
+                          (SELECT id FROM messages WHERE expires <= $1))
+             DELETE FROM messages WHERE expires <= $1",
+            &[&cutoff],
+        )
+        .await?;
+    Ok(Written::Swept(Swept { expired, deleted }))
+}
