@@ -124,13 +124,15 @@ export function connect(options = {}) {
 
   // ---- what every transport reports to ----------------------------------------------------
 
+  /** Hands a message to the page unless it is a repeat; true when it was new. */
   function deliver(message) {
-    if (!message || typeof message.id !== 'string') return;
+    if (!message || typeof message.id !== 'string') return false;
     if (!lastId || compareIds(message.id, lastId) > 0) lastId = message.id;
     // Acknowledge even a duplicate: the first ack may have been lost with the connection.
     if (message.ack && o.autoAck) queueAck(message.id);
-    if (!seen.add(message.id)) return; // a duplicate after a reconnect
+    if (!seen.add(message.id)) return false; // a duplicate after a reconnect
     emit('message', message);
+    return true;
   }
 
   function queueAck(id) {
@@ -341,12 +343,21 @@ export function connect(options = {}) {
         if (!pollOpened) { pollOpened = true; r.opened(null); }
         const reset = res.headers && res.headers.get && res.headers.get('MPS-Reset');
         if (reset) r.reset({ topics: reset.split(',').map((s) => s.trim()), error: { code: 'history_truncated', message: 'history was cut' } });
-        for (const m of Array.isArray(body) ? body : []) r.message(m);
+        const messages = Array.isArray(body) ? body : [];
+        const fresh = messages.filter((m) => r.message(m)).length;
+        // An answer of nothing but repeats came back at once: never poll in a tight loop.
+        if (messages.length && !fresh) {
+          await new Promise((resume) => { pause = setTimeout(resume, backoffDelay(repeats++, o.backoffBase, o.backoffCap, random)); });
+        } else {
+          repeats = 0;
+        }
       }
     }
     let pollOpened = false;
+    let pause = null;
+    let repeats = 0; // answers in a row that brought nothing new
     loop();
-    return { kind: 'poll', ack: () => false, subscribe: () => false, stop() { stopped = true; clearTimeout(guard); if (controller) controller.abort(); } };
+    return { kind: 'poll', ack: () => false, subscribe: () => false, stop() { stopped = true; clearTimeout(guard); clearTimeout(pause); if (controller) controller.abort(); } };
   }
 
   const open = { websocket: webSocket, sse: serverSentEvents, poll: longPoll };

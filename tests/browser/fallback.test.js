@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { Mps, launchBrowser, openPage, sdkPage, until, closedPort } from './harness.js';
+import { Mps, launchBrowser, openPage, sdkPage, until, closedPort, sleep } from './harness.js';
 
 let mps;
 let browser;
@@ -85,5 +85,9 @@ test('WebSocket and EventSource blocked: falls back to long polling', async () =
   const lastId = await page.evaluate(() => window.client.lastId);
   assert.equal(polls.at(-1).searchParams.get('since'), lastId);
   assert.equal(polls.at(-1).searchParams.get('timeout'), '25');
+  // Idle, a long poll waits on the server: a few seconds bring no new request.
+  const idleFrom = polls.length;
+  await sleep(3000);
+  assert.ok(polls.length - idleFrom <= 1, `${polls.length - idleFrom} polls in 3 idle seconds (since=${lastId}): the server answers a long poll at once`);
   await page.close();
 });

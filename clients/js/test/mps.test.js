@@ -399,6 +399,17 @@ test('polling reports MPS-Reset and refuses for good on 401', async () => {
   c.close();
 });
 
+test('polling never spins on answers that bring only repeats', async () => {
+  let n = 0;
+  const fetch = fakeFetch(() => { n++; return { status: 200, body: [msg('7')] }; }); // always at once
+  const c = client({ transports: ['poll'], fetch, backoffBase: 50, backoffCap: 200, random: () => 0.999 });
+  const events = record(c);
+  await tick(400);
+  assert.equal(events.of('message').length, 1);
+  assert.ok(n >= 3 && n <= 8, `${n} polls in 400 ms`); // waits of 49, 99, 199, 199... ms
+  c.close();
+});
+
 test('an open refused by the server is final with a fixed token', async () => {
   const c = client();
   const events = record(c);
