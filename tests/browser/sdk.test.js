@@ -133,3 +133,24 @@ test('a page on another origin imports the SDK from the server and receives over
     site.close();
   }
 });
+
+for (const transport of ['websocket', 'sse', 'poll']) {
+  test(`${transport}: subscribe() replaces the topics of a live client`, async () => {
+    const user = `ivan-${transport}`;
+    const { token } = await mps.token(user);
+    const page = await openPage(browser.context, mps, sdkPage({ url: mps.ws, token, topics: [`old/${user}`], transports: [transport] }));
+    await until(async () => (await events(page, 'open')).length, 10000, 'the SDK to open');
+    const first = await mps.send({ content: { n: 1 }, topic: `old/${user}` });
+    await until(async () => (await page.evaluate(() => window.got.length)) === 1, 10000, 'the first message');
+    await page.evaluate((u) => window.client.subscribe({ topics: [`new/${u}/#`] }), user);
+    // WebSocket answers Type 8 on the same connection; SSE and polling reconnect with the new query.
+    await until(async () => (await mps.api('GET', '/api/v1/clients')).some((c) => c.user === user), 10000, 'the client online');
+    await new Promise((r) => setTimeout(r, 500));
+    await mps.send({ content: { n: 2 }, topic: `old/${user}` });
+    const third = await mps.send({ content: { n: 3 }, topic: `new/${user}/x` });
+    await until(async () => (await page.evaluate(() => window.got.length)) >= 2, 10000, 'a message on the new topic');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual((await page.evaluate(() => window.got)).map((m) => m.id), [first.id, third.id]);
+    await page.close();
+  });
+}
