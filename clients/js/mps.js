@@ -312,6 +312,9 @@ export function connect(options = {}) {
   function longPoll(tok, r) {
     let controller = null;
     let guard = null; // aborts a poll the server left unanswered for too long
+    let pause = null; // the wait after an answer of only repeats
+    let repeats = 0; // answers in a row that brought nothing new
+    let pollOpened = false;
     let stopped = false;
     async function loop() {
       while (!stopped && r.live()) {
@@ -353,9 +356,6 @@ export function connect(options = {}) {
         }
       }
     }
-    let pollOpened = false;
-    let pause = null;
-    let repeats = 0; // answers in a row that brought nothing new
     loop();
     return { kind: 'poll', ack: () => false, subscribe: () => false, stop() { stopped = true; clearTimeout(guard); clearTimeout(pause); if (controller) controller.abort(); } };
   }
