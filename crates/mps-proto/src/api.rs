@@ -38,6 +38,10 @@ pub struct SendMessage {
     /// Tenant; `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// Idempotency key chosen by the sender: within the app's de-duplication window a message
+    /// with a key already used is not sent again; the answer carries the first one's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// How a message is delivered.
@@ -62,6 +66,10 @@ pub struct SendResult {
     pub class: DeliveryClass,
     /// Number of recipients recorded (directed only).
     pub recipients: usize,
+    /// The idempotency key was already used: nothing was sent again and `id` is the first
+    /// message's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// Per-recipient delivery status.

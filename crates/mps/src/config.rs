@@ -31,6 +31,8 @@ pub struct Config {
     pub topics: TopicsConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
+    /// Message queues to consume messages from (`[[ingest.rabbitmq]]`, `[[ingest.nats]]`).
+    pub ingest: crate::ingest::IngestConfig,
     /// Client-facing base URLs per network line (for example `intranet` and `internet`),
     /// returned with every issued token. Empty means the listener's own address.
     pub lines: BTreeMap<String, String>,
@@ -92,6 +94,8 @@ pub struct MessagesConfig {
     pub max_recipients: usize,
     /// Largest accepted API request body, bytes.
     pub max_body: usize,
+    /// Seconds an idempotency key (`id` of a message) keeps a repeat from being sent again.
+    pub idempotency_window: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -222,6 +226,7 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
+            ingest: crate::ingest::IngestConfig::default(),
             lines: BTreeMap::new(),
         }
     }
@@ -270,6 +275,7 @@ impl Default for MessagesConfig {
             sweep_interval: 60,
             max_recipients: 10_000,
             max_body: 1024 * 1024,
+            idempotency_window: 24 * 3600,
         }
     }
 }
@@ -345,6 +351,9 @@ impl Config {
             if let Some(shown_url) = url.as_deref().map(mask_password) {
                 *url = Some(shown_url);
             }
+        }
+        for url in shown.ingest.urls_mut() {
+            *url = mask_password(url);
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }

@@ -16,7 +16,9 @@ use crate::broker::Broker;
 use crate::config::{MessagesConfig, TopicsConfig};
 use crate::hub::{Envelope, Target};
 use crate::id::{IdGen, now_ms};
-use crate::store::{NewMessage, Store, StoreError, TopicEntry, TopicReplay};
+use crate::store::{
+    Claimed, IdempotencyKey, KeyedWrite, NewMessage, Store, StoreError, TopicEntry, TopicReplay,
+};
 
 /// Longest user, component, agent, app or sender name.
 pub const MAX_NAME: usize = 256;
@@ -142,7 +144,11 @@ impl Engine {
                 format!("title is longer than {MAX_TITLE} bytes"),
             ));
         }
-        for (what, value) in [("component", &req.component), ("sender", &req.sender)] {
+        for (what, value) in [
+            ("component", &req.component),
+            ("sender", &req.sender),
+            ("id", &req.id),
+        ] {
             if let Some(value) = value {
                 check_name(what, value)?;
             }
@@ -194,52 +200,81 @@ impl Engine {
             event_data: EventData { ext: req.content },
         };
         let frame = encode_push(&pushed);
-        let app_name = app.clone();
-        let (class, target, count) = match recipients {
+        let key = req.id.map(|key| IdempotencyKey {
+            app: app.clone(),
+            key,
+            id,
+            created,
+            expires: created
+                .saturating_add((self.config.idempotency_window as i64).saturating_mul(1000)),
+        });
+        let (class, target, count, write) = match recipients {
             Some(recipients) => {
                 let count = recipients.len();
-                self.store
-                    .insert(NewMessage {
-                        id,
-                        app,
-                        title: pushed.title,
-                        kind: pushed.kind,
-                        component: pushed.component,
-                        sender: pushed.sender,
-                        agents: req.agents.clone(),
-                        content: pushed.event_data.ext,
-                        created,
-                        expires: created.saturating_add((ttl as i64).saturating_mul(1000)),
-                        recipients: recipients.clone(),
-                    })
-                    .await?;
-                (DeliveryClass::Directed, Target::Users(recipients), count)
+                let message = NewMessage {
+                    id,
+                    app: app.clone(),
+                    title: pushed.title,
+                    kind: pushed.kind,
+                    component: pushed.component,
+                    sender: pushed.sender,
+                    agents: req.agents.clone(),
+                    content: pushed.event_data.ext,
+                    created,
+                    expires: created.saturating_add((ttl as i64).saturating_mul(1000)),
+                    recipients: recipients.clone(),
+                };
+                (
+                    DeliveryClass::Directed,
+                    Target::Users(recipients),
+                    count,
+                    KeyedWrite::Message(message),
+                )
             }
             None => match (pushed.topic, pushed.component) {
                 (Some(topic), _) => {
                     let (_, keep) = self.topics.retention_of(&topic);
                     let entry = TopicEntry {
                         id,
-                        topic,
+                        topic: topic.clone(),
                         frame: frame.clone(),
                     };
-                    self.store
-                        .append_topic(&app, entry.clone(), created, keep)
-                        .await?;
-                    (DeliveryClass::Topic, Target::Topic(entry.topic), 0)
+                    let write = KeyedWrite::Topic {
+                        entry,
+                        created,
+                        keep,
+                    };
+                    (DeliveryClass::Topic, Target::Topic(topic), 0, write)
                 }
-                (None, Some(component)) => {
-                    (DeliveryClass::Component, Target::Component(component), 0)
-                }
-                (None, None) => (DeliveryClass::Broadcast, Target::All, 0),
+                (None, Some(component)) => (
+                    DeliveryClass::Component,
+                    Target::Component(component),
+                    0,
+                    KeyedWrite::KeyOnly,
+                ),
+                (None, None) => (
+                    DeliveryClass::Broadcast,
+                    Target::All,
+                    0,
+                    KeyedWrite::KeyOnly,
+                ),
             },
         };
+        if let Some(first) = self.write(&app, key, write).await? {
+            metrics::counter!("mps_messages_duplicates_total").increment(1);
+            return Ok(SendResult {
+                id: first.to_string(),
+                class,
+                recipients: count,
+                duplicate: true,
+            });
+        }
         let directed = class == DeliveryClass::Directed;
         let durable = matches!(class, DeliveryClass::Directed | DeliveryClass::Topic);
         let published = self
             .broker
             .publish(Envelope {
-                app: app_name,
+                app,
                 target,
                 agents: req.agents,
                 id,
@@ -259,7 +294,35 @@ impl Engine {
             id: id.to_string(),
             class,
             recipients: count,
+            duplicate: false,
         })
+    }
+
+    /// Makes a directed or topic message durable, with its idempotency key when it has one (a
+    /// live-only message stores only the key). Returns the earlier message's id when the key
+    /// is already held.
+    async fn write(
+        &self,
+        app: &str,
+        key: Option<IdempotencyKey>,
+        write: KeyedWrite,
+    ) -> Result<Option<u64>, EngineError> {
+        if let Some(key) = key {
+            return Ok(match self.store.write_keyed(key, write).await? {
+                Claimed::Fresh => None,
+                Claimed::Duplicate(first) => Some(first),
+            });
+        }
+        match write {
+            KeyedWrite::Message(message) => self.store.insert(message).await?,
+            KeyedWrite::Topic {
+                entry,
+                created,
+                keep,
+            } => self.store.append_topic(app, entry, created, keep).await?,
+            KeyedWrite::KeyOnly => {}
+        }
+        Ok(None)
     }
 
     /// The next page of a connection's backlog (pending directed messages after `after`),

@@ -16,6 +16,8 @@
 //!   outbound queue.
 //! - [`engine`]: the delivery engine: accepts messages, stores, publishes, backlogs, acks.
 //! - [`transport`]: thin adapters from client connections (WebSocket) to the engine.
+//! - [`ingest`]: consumers of message queues (RabbitMQ, NATS JetStream) that send what back ends
+//!   publish there, acked once durable, invalid messages dead-lettered.
 //! - [`api`]: the HTTP API under `/api/v1`, health and metrics.
 //! - [`server`]: wiring, listener, sweeper and graceful shutdown.
 //! - [`telemetry`]: logs and Prometheus metrics.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod id;
+pub mod ingest;
 pub mod presence;
 pub mod server;
 pub mod store;

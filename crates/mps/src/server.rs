@@ -21,6 +21,7 @@ use crate::broker::LocalBroker;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::{CloseReason, Hub};
+use crate::ingest::Ingest;
 use crate::presence::{LocalPresence, Presence};
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
@@ -34,6 +35,8 @@ pub struct ServerState {
     pub hub: Arc<Hub>,
     /// Online clients of every node (this node's hub when not in a cluster).
     pub presence: Arc<dyn Presence>,
+    /// Message queue consumers; `/readyz` asks whether they are connected.
+    pub ingest: Arc<Ingest>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
     /// The address actually bound (the configured port may be 0).
@@ -156,6 +159,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.messages.clone(),
         config.topics.clone(),
     );
+    let ingest = Ingest::start(&config.ingest, engine.clone(), config.messages.max_body)
+        .context("message queue ingestion")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -165,6 +170,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         engine,
         hub: hub.clone(),
         presence,
+        ingest,
         metrics,
         started: Instant::now(),
         local_addr,
@@ -212,6 +218,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await?;
 
+    // Deliveries being sent are settled; the rest stay in their queues.
+    state.ingest.stop(Duration::from_secs(5)).await;
     // Upgraded connections outlive the HTTP server; give them a moment to send their close.
     let deadline = Instant::now() + Duration::from_secs(5);
     while hub.count() > 0 && Instant::now() < deadline {

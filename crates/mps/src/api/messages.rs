@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use mps_proto::{
     AckRequest, AckResult, Collected, MessageRecord, Page, SendMessage, SendResult, Status,
 };
@@ -18,13 +18,34 @@ use crate::store::MessageQuery;
 /// Most messages one pull returns.
 const MAX_COLLECT: usize = 1000;
 
+/// `201` for a message sent, `200` for a repeat of an idempotency key (the first message's id).
 pub async fn send(
     _: Admin,
     State(state): State<Arc<ServerState>>,
-    Body(message): Body<SendMessage>,
+    headers: HeaderMap,
+    Body(mut message): Body<SendMessage>,
 ) -> Result<(StatusCode, Json<SendResult>), ApiError> {
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key.to_str().map_err(|_| {
+            ApiError::invalid("invalid_name", "Idempotency-Key must be visible ASCII")
+        })?;
+        match &message.id {
+            Some(id) if id != key => {
+                return Err(ApiError::invalid(
+                    "id_mismatch",
+                    "the Idempotency-Key header and the body's id differ",
+                ));
+            }
+            _ => message.id = Some(key.to_owned()),
+        }
+    }
     let result = state.engine.send(message).await?;
-    Ok((StatusCode::CREATED, Json(result)))
+    let status = if result.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(result)))
 }
 
 #[derive(Debug, Deserialize)]

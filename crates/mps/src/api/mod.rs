@@ -54,8 +54,8 @@ pub fn routes() -> Router<Arc<ServerState>> {
         })
 }
 
-/// Ready while not shutting down and the store and broker answer (PostgreSQL and Redis in a
-/// cluster).
+/// Ready while not shutting down, the store and broker answer (PostgreSQL and Redis in a
+/// cluster) and every configured message queue consumer is connected.
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     if state.shutting_down() {
         return ApiError::new(
@@ -70,6 +70,14 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     }
     if let Err(e) = state.engine.broker().check().await {
         return ApiError::from(EngineError::Broker(e)).into_response();
+    }
+    if let Err(e) = state.ingest.check() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest_disconnected",
+            e.to_string(),
+        )
+        .into_response();
     }
     "ready".into_response()
 }

@@ -73,6 +73,44 @@ pub struct Swept {
     pub deleted: u64,
 }
 
+/// An idempotency key: the first message sent with it in an app is the only one recorded until
+/// the key lapses.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub app: String,
+    pub key: String,
+    /// The message that claims it.
+    pub id: u64,
+    /// Unix milliseconds.
+    pub created: i64,
+    /// When it lapses (Unix ms): from then on the key is free again and a sweep deletes it.
+    pub expires: i64,
+}
+
+/// The write an idempotency key guards, done in the same transaction as the key.
+#[derive(Debug, Clone)]
+pub enum KeyedWrite {
+    /// A directed message ([`Store::insert`]).
+    Message(NewMessage),
+    /// A topic message ([`Store::append_topic`] in the key's app).
+    Topic {
+        entry: TopicEntry,
+        created: i64,
+        keep: u64,
+    },
+    /// A live-only message: only the key is recorded.
+    KeyOnly,
+}
+
+/// What a keyed write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The key was free: it and the write are recorded.
+    Fresh,
+    /// The key is held by this earlier message; nothing was written.
+    Duplicate(u64),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
@@ -113,8 +151,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a message and its recipients; false when there was none.
     async fn delete(&self, id: u64) -> Result<bool, StoreError>;
 
-    /// Marks recipients of messages expired at `now` as `expired` and deletes messages expired
-    /// before `now - keep_expired` (Unix ms).
+    /// Marks recipients of messages expired at `now` as `expired`, deletes messages expired
+    /// before `now - keep_expired` (Unix ms) and idempotency keys lapsed at `now`.
     async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError>;
 
     /// Appends a message to a topic's retained log and trims the log to `keep` messages.
@@ -141,6 +179,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops retained messages created before each topic's cutoff (Unix ms); returns how many.
     async fn trim_topics(&self, cutoffs: Vec<(String, String, i64)>) -> Result<u64, StoreError>;
+
+    /// Does `write` and records `key` in one transaction, unless the key is held by an earlier
+    /// message that has not lapsed at `key.created`: then nothing is written. [`Store::sweep`]
+    /// deletes keys lapsed at its `now`.
+    async fn write_keyed(
+        &self,
+        key: IdempotencyKey,
+        write: KeyedWrite,
+    ) -> Result<Claimed, StoreError> {
+        let _ = (key, write);
+        Err(StoreError::Backend(
+            "idempotency keys are not supported by this store".into(),
+        ))
+    }
 
     /// Whether the store can be reached (for `/readyz`).
     async fn check(&self) -> Result<(), StoreError> {

@@ -15,7 +15,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_ite
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MessageQuery, NewMessage, Store, StoreError, Swept, TopicEntry, TopicReplay};
+use super::{
+    Claimed, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage, Store, StoreError, Swept,
+    TopicEntry, TopicReplay,
+};
 
 /// Writes waiting for the writer thread; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;
@@ -63,6 +66,15 @@ CREATE TABLE IF NOT EXISTS topic_log (
     frame   TEXT NOT NULL,
     PRIMARY KEY (app, topic, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    app        TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    created    INTEGER NOT NULL,
+    expires    INTEGER NOT NULL,
+    PRIMARY KEY (app, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency(expires);
 ";
 
 fn status_code(status: Status) -> i64 {
@@ -125,11 +137,13 @@ enum Write {
         keep: u64,
     },
     TrimTopics(Vec<(String, String, i64)>),
+    Keyed(IdempotencyKey, KeyedWrite),
 }
 
 enum Written {
     Count(u64),
     Swept(Swept),
+    Claimed(Claimed),
 }
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -181,7 +195,7 @@ impl SqliteStore {
     async fn count(&self, op: Write) -> Result<u64, StoreError> {
         match self.write(op).await? {
             Written::Count(n) => Ok(n),
-            Written::Swept(_) => Err(backend("unexpected answer")),
+            _ => Err(backend("unexpected answer")),
         }
     }
 
@@ -270,30 +284,42 @@ fn commit(
 
 fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
     match op {
-        Write::Insert(m) => {
+        Write::Insert(m) => insert(tx, m),
+        Write::Keyed(key, write) => {
+            let held: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT message_id FROM idempotency WHERE app = ?1 AND key = ?2 AND expires > ?3",
+                )?
+                .query_row(params![key.app, key.key, key.created], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = held {
+                return Ok(Written::Claimed(Claimed::Duplicate(id as u64)));
+            }
             tx.prepare_cached(
-                "INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO idempotency (app, key, message_id, created, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
-                m.id as i64,
-                m.app,
-                m.title,
-                m.kind,
-                m.component,
-                m.sender,
-                agents_column(&m.agents),
-                m.content.get(),
-                m.created,
-                m.created.max(m.expires),
+                key.app,
+                key.key,
+                key.id as i64,
+                key.created,
+                key.expires
             ])?;
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO recipients (message_id, app, user, status, updated) VALUES (?1, ?2, ?3, 0, ?4)",
-            )?;
-            for user in &m.recipients {
-                stmt.execute(params![m.id as i64, m.app, user, m.created])?;
+            match write {
+                KeyedWrite::Message(m) => {
+                    insert(tx, m)?;
+                }
+                KeyedWrite::Topic {
+                    entry,
+                    created,
+                    keep,
+                } => {
+                    append_topic(tx, &key.app, entry, *created, *keep)?;
+                }
+                KeyedWrite::KeyOnly => {}
             }
-            Ok(Written::Count(1))
+            Ok(Written::Claimed(Claimed::Fresh))
         }
         Write::Delivered { app, user, ids } => {
             set_status(tx, app, user, ids, Status::Delivered, "status = 0")
@@ -321,6 +347,7 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
                 [cutoff],
             )?;
             let deleted = tx.execute("DELETE FROM messages WHERE expires <= ?1", [cutoff])?;
+            tx.execute("DELETE FROM idempotency WHERE expires <= ?1", [now])?;
             Ok(Written::Swept(Swept {
                 expired: expired as u64,
                 deleted: deleted as u64,
@@ -331,25 +358,7 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
             entry,
             created,
             keep,
-        } => {
-            tx.prepare_cached("INSERT OR IGNORE INTO topics (app, topic) VALUES (?1, ?2)")?
-                .execute(params![app, entry.topic])?;
-            let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO topic_log (app, topic, id, created, frame) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![app, entry.topic, entry.id as i64, created, frame])?;
-            let oldest_dropped: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM topic_log WHERE app = ?1 AND topic = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3",
-                )?
-                .query_row(params![app, entry.topic, (*keep).min(i64::MAX as u64) as i64], |r| r.get(0))
-                .optional()?;
-            if let Some(upto) = oldest_dropped {
-                trim_topic(tx, app, &entry.topic, upto)?;
-            }
-            Ok(Written::Count(1))
-        }
+        } => append_topic(tx, app, entry, *created, *keep),
         Write::TrimTopics(cutoffs) => {
             let mut dropped = 0;
             for (app, topic, cutoff) in cutoffs {
@@ -365,6 +374,58 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
             Ok(Written::Count(dropped as u64))
         }
     }
+}
+
+fn insert(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Written> {
+    tx.prepare_cached(
+            "INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            m.id as i64,
+            m.app,
+            m.title,
+            m.kind,
+            m.component,
+            m.sender,
+            agents_column(&m.agents),
+            m.content.get(),
+            m.created,
+            m.created.max(m.expires),
+        ])?;
+    let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO recipients (message_id, app, user, status, updated) VALUES (?1, ?2, ?3, 0, ?4)",
+        )?;
+    for user in &m.recipients {
+        stmt.execute(params![m.id as i64, m.app, user, m.created])?;
+    }
+    Ok(Written::Count(1))
+}
+
+fn append_topic(
+    tx: &rusqlite::Transaction,
+    app: &str,
+    entry: &TopicEntry,
+    created: i64,
+    keep: u64,
+) -> rusqlite::Result<Written> {
+    tx.prepare_cached("INSERT OR IGNORE INTO topics (app, topic) VALUES (?1, ?2)")?
+        .execute(params![app, entry.topic])?;
+    let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
+    tx.prepare_cached(
+            "INSERT OR REPLACE INTO topic_log (app, topic, id, created, frame) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![app, entry.topic, entry.id as i64, created, frame])?;
+    let oldest_dropped: Option<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM topic_log WHERE app = ?1 AND topic = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3",
+            )?
+            .query_row(params![app, entry.topic, (keep).min(i64::MAX as u64) as i64], |r| r.get(0))
+            .optional()?;
+    if let Some(upto) = oldest_dropped {
+        trim_topic(tx, app, &entry.topic, upto)?;
+    }
+    Ok(Written::Count(1))
 }
 
 /// Drops a topic's log entries up to `upto` and remembers the watermark.
@@ -633,7 +694,18 @@ impl Store for SqliteStore {
     async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError> {
         match self.write(Write::Sweep { now, keep_expired }).await? {
             Written::Swept(s) => Ok(s),
-            Written::Count(_) => Err(backend("unexpected answer")),
+            _ => Err(backend("unexpected answer")),
+        }
+    }
+
+    async fn write_keyed(
+        &self,
+        key: IdempotencyKey,
+        write: KeyedWrite,
+    ) -> Result<Claimed, StoreError> {
+        match self.write(Write::Keyed(key, write)).await? {
+            Written::Claimed(claimed) => Ok(claimed),
+            _ => Err(backend("unexpected answer")),
         }
     }
 
@@ -736,5 +808,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = super::SqliteStore::open(dir.path()).unwrap();
         super::super::suite::run(&store).await;
+        super::super::suite::idempotency_keys(&store).await;
     }
 }

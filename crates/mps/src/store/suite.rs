@@ -3,7 +3,7 @@
 use mps_proto::Status;
 use serde_json::value::RawValue;
 
-use super::{MessageQuery, NewMessage, Store, TopicEntry};
+use super::{Claimed, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage, Store, TopicEntry};
 
 fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) -> NewMessage {
     NewMessage {
@@ -29,6 +29,106 @@ pub async fn run(store: &dyn Store) {
     listing_filters_and_pages(store).await;
     delete_and_sweep(store).await;
     topic_logs_resume_and_trim(store).await;
+}
+
+fn key(app: &str, key: &str, id: u64, created: i64) -> IdempotencyKey {
+    IdempotencyKey {
+        app: app.into(),
+        key: key.into(),
+        id,
+        created,
+        expires: created + 1_000,
+    }
+}
+
+pub async fn idempotency_keys(store: &dyn Store) {
+    let first = KeyedWrite::Message(message(51, &["k1"], None, FAR));
+    assert_eq!(
+        store
+            .write_keyed(key("default", "order-1", 51, 5_000), first)
+            .await
+            .unwrap(),
+        Claimed::Fresh
+    );
+    // The same key again, before it lapses: nothing is written, the first id comes back.
+    let again = KeyedWrite::Message(message(52, &["k1"], None, FAR));
+    assert_eq!(
+        store
+            .write_keyed(key("default", "order-1", 52, 5_500), again)
+            .await
+            .unwrap(),
+        Claimed::Duplicate(51)
+    );
+    assert!(store.get(52).await.unwrap().is_none());
+    let pending = store.pending("default", "k1", None, 0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    // Keys belong to an app; live-only messages hold keys too.
+    assert_eq!(
+        store
+            .write_keyed(key("oa", "order-1", 53, 5_500), KeyedWrite::KeyOnly)
+            .await
+            .unwrap(),
+        Claimed::Fresh
+    );
+    assert_eq!(
+        store
+            .write_keyed(key("oa", "order-1", 54, 5_600), KeyedWrite::KeyOnly)
+            .await
+            .unwrap(),
+        Claimed::Duplicate(53)
+    );
+    // Topic messages.
+    let topic = |id| KeyedWrite::Topic {
+        entry: entry(id, "keyed/t"),
+        created: 5_000,
+        keep: 10,
+    };
+    assert_eq!(
+        store
+            .write_keyed(key("default", "t-1", 55, 5_000), topic(55))
+            .await
+            .unwrap(),
+        Claimed::Fresh
+    );
+    assert_eq!(
+        store
+            .write_keyed(key("default", "t-1", 56, 5_001), topic(56))
+            .await
+            .unwrap(),
+        Claimed::Duplicate(55)
+    );
+    let replay = store
+        .topic_since("default", &["keyed/t".to_owned()], 0, 10)
+        .await
+        .unwrap();
+    let ids: Vec<u64> = replay.entries.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [55]);
+    // A lapsed key is free again and now names the new message.
+    let later = KeyedWrite::Message(message(57, &["k1"], None, FAR));
+    assert_eq!(
+        store
+            .write_keyed(key("default", "order-1", 57, 6_000), later)
+            .await
+            .unwrap(),
+        Claimed::Fresh
+    );
+    assert_eq!(
+        store
+            .write_keyed(key("default", "order-1", 58, 6_100), KeyedWrite::KeyOnly)
+            .await
+            .unwrap(),
+        Claimed::Duplicate(57)
+    );
+    // The sweep deletes keys lapsed at its `now`: a write dated before the lapse finds the
+    // key gone.
+    store.sweep(7_000, 0).await.unwrap();
+    assert_eq!(
+        store
+            .write_keyed(key("default", "order-1", 59, 6_100), KeyedWrite::KeyOnly)
+            .await
+            .unwrap(),
+        Claimed::Fresh
+    );
 }
 
 fn entry(id: u64, topic: &str) -> TopicEntry {

@@ -183,6 +183,7 @@ pub fn message(content: &str, receiver: Option<&[&str]>) -> SendMessage {
         ttl: None,
         sender: Some("tests".into()),
         app: None,
+        id: None,
     }
 }
 
