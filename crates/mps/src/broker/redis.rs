@@ -44,6 +44,9 @@ const RETRY: Duration = Duration::from_millis(500);
 const RESYNC_MARGIN: Duration = Duration::from_secs(10);
 /// Ids of messages recently delivered on this node, to keep a resync from repeating them.
 const RECENT: usize = 65_536;
+/// How often the subscriber connection is pinged: a connection that died without a word (a
+/// network partition) is noticed within this plus the command timeout.
+const HEALTH: Duration = Duration::from_secs(5);
 
 pub struct RedisBroker {
     cluster: Arc<Cluster>,
@@ -209,10 +212,18 @@ impl Subscriptions {
     ) {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
+        let mut health = tokio::time::interval(HEALTH);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = lost.notified() => self.lose(),
+                _ = health.tick(), if self.connected => {
+                    let mut subscriber = self.subscriber.clone();
+                    if run(redis::cmd("PING").query_async::<()>(&mut subscriber)).await.is_err() {
+                        self.lose();
+                    }
+                }
                 n = events.recv_many(&mut batch, 4096) => {
                     if n == 0 {
                         return;
@@ -243,6 +254,7 @@ impl Subscriptions {
             metrics::counter!("mps_cluster_resubscribes_total").increment(1);
             self.connected = false;
             self.lost_at = Some(Instant::now());
+            metrics::gauge!("mps_cluster_subscribed").set(0.0);
         }
     }
 
@@ -331,6 +343,7 @@ impl Subscriptions {
             return;
         }
         self.connected = true;
+        metrics::gauge!("mps_cluster_subscribed").set(1.0);
         if let Some(lost_at) = self.lost_at.take() {
             tracing::info!(
                 channels = wanted.len(),
