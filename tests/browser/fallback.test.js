@@ -21,10 +21,14 @@ after(async () => {
 
 const events = (page, name) => page.evaluate((n) => window.events.filter(([e]) => e === n).map(([, v]) => v), name);
 
-/** Publishes a directed and a topic message to `user`; checks both arrive and the directed one is acked. */
+/**
+ * Publishes a directed and a topic message to `user`; checks both arrive and the directed one is
+ * acked. Each test has its own topics: a resume replays `topics.resume_overlap_ms` of history
+ * before the last id, which could bring another test's message published just before.
+ */
 async function receivesAndAcks(page, user) {
   const directed = await mps.send({ content: { kind: 'directed', user }, receiver: [user], title: 'directed' });
-  const topical = await mps.send({ content: { kind: 'topic', user }, topic: `fallback/${user}`, title: 'topic' });
+  const topical = await mps.send({ content: { kind: 'topic', user }, topic: `fallback/${user}/x`, title: 'topic' });
   const got = await until(async () => {
     const g = await page.evaluate(() => window.got);
     return g.length >= 2 && g;
@@ -34,7 +38,7 @@ async function receivesAndAcks(page, user) {
   assert.deepEqual(byId[directed.id].EventData.ext, { kind: 'directed', user });
   assert.equal(byId[directed.id].ack, true);
   assert.deepEqual(byId[topical.id].EventData.ext, { kind: 'topic', user });
-  assert.equal(byId[topical.id].topic, `fallback/${user}`);
+  assert.equal(byId[topical.id].topic, `fallback/${user}/x`);
   // On SSE and polling the SDK acknowledges with POST /api/v1/ack.
   await until(async () => {
     const record = await mps.api('GET', `/api/v1/messages/${directed.id}`);
@@ -47,7 +51,7 @@ test('WebSocket refused: falls back to Server-Sent Events', async () => {
   // A WebSocket URL where nothing listens (as behind a proxy that refuses upgrades); HTTP is fine.
   const url = `ws://127.0.0.1:${await closedPort()}/ws`;
   const page = await openPage(browser.context, mps, sdkPage({
-    url, httpUrl: mps.http, token, topics: ['fallback/#'], backoffBase: 100, backoffCap: 1000,
+    url, httpUrl: mps.http, token, topics: ['fallback/dave/#'], backoffBase: 100, backoffCap: 1000,
   }));
   await until(async () => (await events(page, 'open')).length, 15000, 'an open transport');
   assert.deepEqual(await events(page, 'transport'), [{ from: 'websocket', to: 'sse' }]);
@@ -62,7 +66,7 @@ test('WebSocket refused: falls back to Server-Sent Events', async () => {
 test('WebSocket and EventSource blocked: falls back to long polling', async () => {
   const { token } = await mps.token('erin');
   const page = await openPage(browser.context, mps, sdkPage({
-    url: mps.ws, token, topics: ['fallback/#'], backoffBase: 100, backoffCap: 1000,
+    url: mps.ws, token, topics: ['fallback/erin/#'], backoffBase: 100, backoffCap: 1000,
   }), {
     setup: async (p) => {
       // WebSocket forbidden by the page's environment, /sse cut by the network.
@@ -79,7 +83,7 @@ test('WebSocket and EventSource blocked: falls back to long polling', async () =
   // The next poll resumes from the greatest id received.
   const polls = [];
   page.on('request', (r) => { if (new URL(r.url()).pathname === '/poll') polls.push(new URL(r.url())); });
-  await mps.send({ content: { kind: 'third' }, topic: 'fallback/erin' });
+  await mps.send({ content: { kind: 'third' }, topic: 'fallback/erin/x' });
   await until(async () => (await page.evaluate(() => window.got.length)) === 3, 15000, 'a third message');
   await until(() => polls.length >= 1, 10000, 'the next poll');
   const lastId = await page.evaluate(() => window.client.lastId);
