@@ -28,7 +28,10 @@ mod write;
 
 use write::{Write, Written};
 
-use super::{MessageQuery, NewMessage, Store, StoreError, Swept, TopicEntry, TopicReplay};
+use super::{
+    Claimed, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage, Store, StoreError, Swept,
+    TopicEntry, TopicReplay,
+};
 
 /// Writes waiting for the writer task; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;
@@ -38,7 +41,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const START_TRIES: u32 = 30;
 
 /// The migrations, in order. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("postgres/001_init.sql")),
+    (2, include_str!("postgres/002_idempotency.sql")),
+];
 
 fn status_code(status: Status) -> i16 {
     match status {
@@ -124,7 +130,7 @@ impl PostgresStore {
     async fn count(&self, op: Write) -> Result<u64, StoreError> {
         match self.write(op).await? {
             Written::Count(n) => Ok(n),
-            Written::Swept(_) => Err(backend("unexpected answer")),
+            _ => Err(backend("unexpected answer")),
         }
     }
 
@@ -421,7 +427,18 @@ impl Store for PostgresStore {
     async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError> {
         match self.write(Write::Sweep { now, keep_expired }).await? {
             Written::Swept(s) => Ok(s),
-            Written::Count(_) => Err(backend("unexpected answer")),
+            _ => Err(backend("unexpected answer")),
+        }
+    }
+
+    async fn write_keyed(
+        &self,
+        key: IdempotencyKey,
+        write: KeyedWrite,
+    ) -> Result<Claimed, StoreError> {
+        match self.write(Write::Keyed(key, write)).await? {
+            Written::Claimed(claimed) => Ok(claimed),
+            _ => Err(backend("unexpected answer")),
         }
     }
 

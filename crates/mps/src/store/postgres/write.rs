@@ -11,7 +11,9 @@ use mps_proto::Status;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{backend, status_code};
-use crate::store::{NewMessage, StoreError, Swept, TopicEntry};
+use crate::store::{
+    Claimed, IdempotencyKey, KeyedWrite, NewMessage, StoreError, Swept, TopicEntry,
+};
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 2048;
@@ -36,11 +38,24 @@ pub(super) enum Write {
         keep: u64,
     },
     TrimTopics(Vec<(String, String, i64)>),
+    Keyed(IdempotencyKey, KeyedWrite),
+}
+
+impl Write {
+    /// The app whose topic log this write appends to, if any.
+    fn topic_app(&self) -> Option<&str> {
+        match self {
+            Write::AppendTopic { app, .. } => Some(app),
+            Write::Keyed(key, KeyedWrite::Topic { .. }) => Some(&key.app),
+            _ => None,
+        }
+    }
 }
 
 pub(super) enum Written {
     Count(u64),
     Swept(Swept),
+    Claimed(Claimed),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -106,10 +121,7 @@ async fn commit(pool: &Pool, ops: &[&Write]) -> Result<Vec<Written>, Failure> {
     // each other in a cycle), number the appends, store the counters back before commit.
     let apps: Vec<String> = ops
         .iter()
-        .filter_map(|op| match op {
-            Write::AppendTopic { app, .. } => Some(app.clone()),
-            _ => None,
-        })
+        .filter_map(|op| op.topic_app().map(str::to_owned))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -132,13 +144,13 @@ async fn commit(pool: &Pool, ops: &[&Write]) -> Result<Vec<Written>, Failure> {
     }
     let seqs: Vec<i64> = ops
         .iter()
-        .map(|op| match op {
-            Write::AppendTopic { app, .. } => {
-                let counter = counters.entry(app.clone()).or_default();
+        .map(|op| match op.topic_app() {
+            Some(app) => {
+                let counter = counters.entry(app.to_owned()).or_default();
                 *counter += 1;
                 *counter
             }
-            _ => 0,
+            None => 0,
         })
         .collect();
     let written = futures_util::future::try_join_all(
@@ -164,36 +176,7 @@ async fn apply(
     seq: i64,
 ) -> Result<Written, tokio_postgres::Error> {
     match op {
-        Write::Insert(m) => {
-            let statement = tx
-                .prepare_cached(
-                    "WITH m AS (
-                        INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10))
-                     INSERT INTO recipients (message_id, app, recipient, status, updated)
-                     SELECT $1, $2, u, 0, $9 FROM unnest($11::text[]) AS u
-                     ON CONFLICT DO NOTHING",
-                )
-                .await?;
-            tx.execute(
-                &statement,
-                &[
-                    &(m.id as i64),
-                    &m.app,
-                    &m.title,
-                    &m.kind,
-                    &m.component,
-                    &m.sender,
-                    &m.agents,
-                    &m.content.get(),
-                    &m.created,
-                    &m.created.max(m.expires),
-                    &m.recipients,
-                ],
-            )
-            .await?;
-            Ok(Written::Count(1))
-        }
+        Write::Insert(m) => insert(tx, m).await,
         Write::Status { app, user, ids, to } => {
             // Delivery moves only pending rows; an ack moves pending or delivered ones.
             let statement = tx
@@ -225,41 +208,8 @@ async fn apply(
             entry,
             created,
             keep,
-        } => {
-            tx.execute(
-                "INSERT INTO topics (app, topic) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[app, &entry.topic],
-            )
-            .await?;
-            let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
-            let statement = tx
-                .prepare_cached(
-                    "INSERT INTO topic_log (app, topic, id, seq, created, frame)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (app, id) DO UPDATE SET frame = EXCLUDED.frame",
-                )
-                .await?;
-            tx.execute(
-                &statement,
-                &[app, &entry.topic, &(entry.id as i64), &seq, created, &frame],
-            )
-            .await?;
-            let keep = (*keep).min(i64::MAX as u64) as i64;
-            let statement = tx
-                .prepare_cached(
-                    "SELECT seq FROM topic_log WHERE app = $1 AND topic = $2
-                     ORDER BY seq DESC OFFSET $3 LIMIT 1",
-                )
-                .await?;
-            if let Some(row) = tx
-                .query_opt(&statement, &[app, &entry.topic, &keep])
-                .await?
-            {
-                let upto: i64 = row.get(0);
-                trim_topic(tx, app, &entry.topic, "seq <= $3", &upto).await?;
-            }
-            Ok(Written::Count(1))
-        }
+        } => append_topic(tx, app, entry, *created, *keep, seq).await,
+        Write::Keyed(key, write) => keyed(tx, key, write, seq).await,
         Write::TrimTopics(cutoffs) => {
             let mut dropped = 0;
             for (app, topic, cutoff) in cutoffs {
@@ -268,6 +218,145 @@ async fn apply(
             Ok(Written::Count(dropped))
         }
     }
+}
+
+async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_postgres::Error> {
+    let statement = tx
+        .prepare_cached(
+            "WITH m AS (
+                INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10))
+             INSERT INTO recipients (message_id, app, recipient, status, updated)
+             SELECT $1, $2, u, 0, $9 FROM unnest($11::text[]) AS u
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[
+            &(m.id as i64),
+            &m.app,
+            &m.title,
+            &m.kind,
+            &m.component,
+            &m.sender,
+            &m.agents,
+            &m.content.get(),
+            &m.created,
+            &m.created.max(m.expires),
+            &m.recipients,
+        ],
+    )
+    .await?;
+    Ok(Written::Count(1))
+}
+
+async fn append_topic(
+    tx: &Transaction<'_>,
+    app: &str,
+    entry: &TopicEntry,
+    created: i64,
+    keep: u64,
+    seq: i64,
+) -> Result<Written, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO topics (app, topic) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&app, &entry.topic],
+    )
+    .await?;
+    let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO topic_log (app, topic, id, seq, created, frame)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (app, id) DO UPDATE SET frame = EXCLUDED.frame",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[
+            &app,
+            &entry.topic,
+            &(entry.id as i64),
+            &seq,
+            &created,
+            &frame,
+        ],
+    )
+    .await?;
+    let keep = keep.min(i64::MAX as u64) as i64;
+    let statement = tx
+        .prepare_cached(
+            "SELECT seq FROM topic_log WHERE app = $1 AND topic = $2
+             ORDER BY seq DESC OFFSET $3 LIMIT 1",
+        )
+        .await?;
+    if let Some(row) = tx
+        .query_opt(&statement, &[&app, &entry.topic, &keep])
+        .await?
+    {
+        let upto: i64 = row.get(0);
+        trim_topic(tx, app, &entry.topic, "seq <= $3", &upto).await?;
+    }
+    Ok(Written::Count(1))
+}
+
+/// Claims an idempotency key and does the write, or reports the message holding the key. One
+/// statement claims it, so two writes with one key in a batch see each other in order.
+async fn keyed(
+    tx: &Transaction<'_>,
+    key: &IdempotencyKey,
+    write: &KeyedWrite,
+    seq: i64,
+) -> Result<Written, tokio_postgres::Error> {
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO idempotency (app, key, message_id, created, expires)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (app, key) DO UPDATE
+                 SET message_id = EXCLUDED.message_id, created = EXCLUDED.created,
+                     expires = EXCLUDED.expires
+                 WHERE idempotency.expires <= EXCLUDED.created
+             RETURNING message_id",
+        )
+        .await?;
+    let claimed = tx
+        .query_opt(
+            &statement,
+            &[
+                &key.app,
+                &key.key,
+                &(key.id as i64),
+                &key.created,
+                &key.expires,
+            ],
+        )
+        .await?;
+    if claimed.is_none() {
+        let holder = tx
+            .query_one(
+                "SELECT message_id FROM idempotency WHERE app = $1 AND key = $2",
+                &[&key.app, &key.key],
+            )
+            .await?;
+        return Ok(Written::Claimed(Claimed::Duplicate(
+            holder.get::<_, i64>(0) as u64,
+        )));
+    }
+    match write {
+        KeyedWrite::Message(m) => {
+            insert(tx, m).await?;
+        }
+        KeyedWrite::Topic {
+            entry,
+            created,
+            keep,
+        } => {
+            append_topic(tx, &key.app, entry, *created, *keep, seq).await?;
+        }
+        KeyedWrite::KeyOnly => {}
+    }
+    Ok(Written::Claimed(Claimed::Fresh))
 }
 
 /// Drops a topic's log entries matching `condition` (on `$3`) and raises its watermarks.
@@ -330,6 +419,8 @@ async fn sweep(
              DELETE FROM messages WHERE expires <= $1",
             &[&cutoff],
         )
+        .await?;
+    tx.execute("DELETE FROM idempotency WHERE expires <= $1", &[&now])
         .await?;
     Ok(Written::Swept(Swept { expired, deleted }))
 }
