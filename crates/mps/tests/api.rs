@@ -482,3 +482,68 @@ async fn expired_messages_are_not_delivered_and_are_marked_expired() {
     let record = api.message(&gone).await.unwrap();
     assert_eq!(record.recipients.unwrap()[0].status, Status::Expired);
 }
+
+#[tokio::test]
+async fn idempotency_keys_send_a_message_once_even_across_kill_9() {
+    let mut server = Server::start();
+    let post = |server: &Server, key: Option<&str>, body: &str| {
+        let header = key
+            .map(|k| format!("Idempotency-Key: {k}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST /api/v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Authorization: Bearer {ADMIN_KEY}\r\n{header}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            server.addr,
+            body.len()
+        );
+        let addr = server.addr.clone();
+        async move { raw_http(&addr, &request).await }
+    };
+    let sent = |answer: &HttpResponse| -> serde_json::Value {
+        serde_json::from_str(&answer.body).expect("send result")
+    };
+    let in_body = r#"{"content":{"n":1},"receiver":["alice"],"id":"order-1"}"#;
+    let first = post(&server, None, in_body).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let id = sent(&first)["id"].clone();
+    assert!(sent(&first).get("duplicate").is_none());
+    let again = post(&server, None, in_body).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(sent(&again)["id"], id);
+    assert_eq!(sent(&again)["duplicate"], true);
+
+    // The header, for bodies without an id.
+    let plain = r#"{"content":{"n":2},"receiver":["alice"]}"#;
+    let second = post(&server, Some("order-2"), plain).await;
+    assert_eq!(second.status, 201);
+    let repeat = post(&server, Some("order-2"), plain).await;
+    assert_eq!(sent(&repeat)["id"], sent(&second)["id"]);
+    let mismatch = post(&server, Some("order-3"), in_body).await;
+    assert_eq!(
+        (mismatch.status, mismatch.error_code().as_str()),
+        (400, "id_mismatch")
+    );
+    let long = format!(r#"{{"content":1,"id":"{}"}}"#, "k".repeat(300));
+    let refused = post(&server, None, &long).await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (400, "invalid_name")
+    );
+    // Live-only messages hold keys too.
+    let live = r#"{"content":{"live":1},"id":"live-1"}"#;
+    assert_eq!(post(&server, None, live).await.status, 201);
+    assert_eq!(post(&server, None, live).await.status, 200);
+
+    // The keys are as durable as the messages.
+    server.kill_and_restart();
+    let after = post(&server, None, in_body).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(sent(&after)["id"], id);
+    let records = server
+        .api()
+        .messages(&[("receiver", "alice")])
+        .await
+        .unwrap();
+    assert_eq!(records.total, 2, "each message recorded once");
+}
