@@ -37,8 +37,8 @@ use super::{
 const WRITE_QUEUE: usize = 8192;
 /// Waiting for a pooled connection or a new one longer than this means PostgreSQL is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Tries at start while PostgreSQL is not there yet, one second apart.
-const START_TRIES: u32 = 30;
+/// How long a starting node waits for PostgreSQL to come up.
+const START_WAIT: Duration = Duration::from_secs(30);
 
 /// The migrations, in order. Never edit one that has shipped: add the next.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -101,18 +101,18 @@ impl PostgresStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(backend)?;
-        let mut tries = 0;
+        let started = std::time::Instant::now();
         loop {
-            match migrate(&pool).await {
-                Ok(()) => break,
-                Err(e) if tries + 1 < START_TRIES && e.to_string().contains("pool") => {
-                    tries += 1;
+            match pool.get().await {
+                Ok(_) => break,
+                Err(e) if started.elapsed() < START_WAIT => {
                     tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(backend(format!("pool: {e}"))),
             }
         }
+        migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write::write_loop(pool.clone(), rx));
         Ok(PostgresStore { pool, writes: tx })
