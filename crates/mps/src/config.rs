@@ -324,6 +324,8 @@ impl Config {
         figment
             .merge(
                 Env::prefixed("MPS_")
+                    // `MPS_TEST_*` name the services test suites use, not settings.
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
                     .map(|key| {
                         if key.as_str().eq_ignore_ascii_case("jwt_secret") {
                             "auth.jwt_secret".into()
@@ -422,6 +424,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MPS_CLUSTER__REDIS_URL", "redis://127.0.0.1:7000");
             jail.set_env("MPS_CLUSTER__PRESENCE_TTL", "5");
+            jail.set_env("MPS_TEST_POSTGRES_URL", "postgres://ignored");
             let config = Config::load(
                 None,
                 Overrides {
