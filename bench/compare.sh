@@ -172,7 +172,8 @@ median() { # server test field
         sort -g | awk '{v[NR] = $1} END {
             if (NR == 0) { print "-"; exit }
             m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            if (m >= 1000) printf "%.0f\n", m; else if (m >= 10) printf "%.1f\n", m
+            if (m == int(m) || m >= 1000) printf "%.0f\n", m
+            else if (m >= 10) printf "%.1f\n", m
             else printf "%.2f\n", m }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
@@ -202,6 +203,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) p
     done <<'EOF'
 server CPU µs per delivery, WebSocket|ws_fast|server_cpu_us_per_delivery|≤ 0.33
 server CPU µs per delivery, SSE|sse_fast|server_cpu_us_per_delivery|≤ 0.33
+server CPU µs per delivery, WebSocket at 5 msg/s|ws_rate|server_cpu_us_per_delivery|
 deliveries/s, WebSocket, as fast as possible|ws_fast|deliveries_per_s|≥ 1.5
 deliveries/s, SSE, as fast as possible|sse_fast|deliveries_per_s|
 p50 latency ms at 5 msg/s|ws_rate|latency_p50_ms|
@@ -216,28 +218,41 @@ EOF
 } | tee "$OUT/summary.md"
 
 # ---- Profile --------------------------------------------------------------------------------
-if [ "${PROFILE:-0}" = 1 ]; then
-    command -v perf >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
-    log "profiling mps during one ws_fast run"
+# perf on mps during the delivery phase of a fan-out: ws_fast (as fast as possible) and ws_rate
+# (5 msg/s). DWARF call graphs, since the release build has no frame pointers.
+profile() { # test
+    local test=$1 args
+    case $test in
+        ws_fast) args=(-m "$MESSAGES" --concurrency "$CONCURRENCY") ;;
+        ws_rate) args=(-m "$RATE_MESSAGES" --rate "$RATE" --concurrency 16) ;;
+    esac
+    log "profiling mps during $test"
     start_server mps
+    "$MPS" bench fanout -n "$SUBS" "${args[@]}" --url "$URL" --admin-key "$KEY" \
+        --jwt-secret "$SECRET" --server-pid "$SERVER_PID" \
+        >"$OUT/profile-$test.txt" 2>"$OUT/profile-$test.log" &
+    local bench=$!
     # Record only the delivery phase: start perf once the bench says it is publishing.
-    "$MPS" bench fanout -n "$SUBS" -m "$MESSAGES" --concurrency "$CONCURRENCY" --url "$URL" \
-        --admin-key "$KEY" --jwt-secret "$SECRET" --server-pid "$SERVER_PID" \
-        >"$OUT/profile-run.txt" 2>"$OUT/profile-run.log" &
-    BENCH_PID=$!
-    until grep -q publishing "$OUT/profile-run.log" 2>/dev/null; do sleep 0.05; done
-    perf record -F 499 -g -p "$SERVER_PID" -o "$OUT/perf.data" 2>>"$OUT/perf.log" &
+    until grep -q publishing "$OUT/profile-$test.log" 2>/dev/null; do sleep 0.05; done
+    perf record -F 199 --call-graph dwarf,8192 -p "$SERVER_PID" -o "$OUT/perf-$test.data" \
+        2>>"$OUT/perf.log" &
     PERF_PID=$!
-    wait "$BENCH_PID" || true
+    wait "$bench" || true
     kill -INT "$PERF_PID"; wait "$PERF_PID" || true
     PERF_PID=""
-    cat "$OUT/profile-run.txt"
-    perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol 2>/dev/null |
-        grep -v '^#' | grep '%' | head -40 >"$OUT/perf-self.txt"
-    perf report -i "$OUT/perf.data" --stdio --children --sort symbol -g none 2>/dev/null |
-        grep -v '^#' | grep '%' | head -40 >"$OUT/perf-children.txt"
     cleanup
-    echo; echo "perf, self time, top entries:"; head -25 "$OUT/perf-self.txt"
-    echo; echo "perf, with children:"; head -25 "$OUT/perf-children.txt"
+    # Whole reports to files first: head on a live pipe would kill perf with SIGPIPE.
+    local data=$OUT/perf-$test.data
+    perf report -i "$data" --stdio --no-children --sort dso -g none >"$data.dso.txt" 2>/dev/null || true
+    perf report -i "$data" --stdio --no-children --sort symbol -g none >"$data.self.txt" 2>/dev/null || true
+    perf report -i "$data" --stdio --children --sort symbol -g none >"$data.children.txt" 2>/dev/null || true
+    echo; echo "== profile of mps during $test"; cat "$OUT/profile-$test.txt"
+    echo; echo "-- by object:"; grep '%' "$data.dso.txt" | head -5 || true
+    echo; echo "-- self time, top entries:"; grep '%' "$data.self.txt" | head -25 || true
+    echo; echo "-- with children (user space):"; grep '%' "$data.children.txt" | grep -v '\[k\]' | head -30 || true
+}
+if [ "${PROFILE:-0}" = 1 ]; then
+    command -v perf >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
+    for test in ws_fast ws_rate; do profile "$test" | tee -a "$OUT/profile.md"; done
 fi
 log "done; results in $OUT"
