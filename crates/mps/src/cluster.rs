@@ -11,7 +11,8 @@
 //! - `P:n:{node_id}`: a node's control channel (disconnect requests).
 //! - `P:clients:{node_id}`: hash of a node's online clients (id → JSON), expiring unless the
 //!   node refreshes it.
-//! - `P:nodes`: sorted set of node ids scored by when their registry entries expire.
+//! - `P:nodes`: sorted set of node ids scored by when their registry entries expire (the set
+//!   expires too when no node refreshes it).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -205,7 +205,7 @@ impl Keeper {
         let expires = now_ms() + self.ttl * 1000;
         let nodes = self.cluster.nodes_key();
         if !self.dirty {
-            let (alive, _, _): (bool, (), ()) = run(redis::pipe()
+            let (alive, _, _, _): (bool, (), (), ()) = run(redis::pipe()
                 .cmd("EXPIRE")
                 .arg(&self.key)
                 .arg(self.ttl)
@@ -217,6 +217,10 @@ impl Keeper {
                 .arg(&nodes)
                 .arg("-inf")
                 .arg(now_ms())
+                // When every node is gone, so is the set.
+                .cmd("EXPIRE")
+                .arg(&nodes)
+                .arg(self.ttl)
                 .query_async(&mut commands))
             .await?;
             if alive || self.hub.count() == 0 {
@@ -249,6 +253,7 @@ impl Keeper {
             .arg(expires)
             .arg(self.cluster.node_id)
             .ignore();
+        pipe.cmd("EXPIRE").arg(&nodes).arg(self.ttl).ignore();
         run(pipe.query_async::<()>(&mut commands)).await?;
         self.dirty = false;
         Ok(())
