@@ -404,15 +404,21 @@ impl Engine {
     }
 
     /// Records that these directed messages were written to a connection of the user. Batched
-    /// and committed in the background; waits only when the recorder is far behind.
-    pub async fn delivered(&self, app: Arc<str>, user: Arc<str>, ids: Vec<u64>) {
+    /// and committed in the background. Not async, so that it adds nothing to the state of every
+    /// session task; when the recorder is far behind, the record waits in a task of its own.
+    pub fn delivered(&self, app: Arc<str>, user: Arc<str>, ids: Vec<u64>) {
         if ids.is_empty() {
             return;
         }
         crate::telemetry::hot()
             .directed_delivered
             .increment(ids.len() as u64);
-        let _ = self.delivered.send(Delivered { app, user, ids }).await;
+        if let Err(mpsc::error::TrySendError::Full(record)) =
+            self.delivered.try_send(Delivered { app, user, ids })
+        {
+            let recorder = self.delivered.clone();
+            tokio::spawn(async move { recorder.send(record).await });
+        }
     }
 
     /// Records deliveries in the store before returning, for a transport whose next request

@@ -161,9 +161,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let ingest = Ingest::start(&config.ingest, engine.clone(), config.messages.max_body)
         .context("message queue ingestion")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let state = Arc::new(ServerState {
         auth,
@@ -227,6 +225,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the listener with a deep accept backlog: a burst of reconnecting clients must not
+/// overflow it (each overflow costs a client a one-second SYN retry).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {

@@ -151,6 +151,7 @@ type Reply = oneshot::Sender<Result<Written, StoreError>>;
 pub struct SqliteStore {
     writes: mpsc::Sender<(Write, Reply)>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    read_permits: tokio::sync::Semaphore,
     path: std::path::PathBuf,
 }
 
@@ -179,6 +180,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writes: tx,
             readers: Arc::new(Mutex::new(readers)),
+            read_permits: tokio::sync::Semaphore::new(READERS),
             path,
         })
     }
@@ -204,6 +206,13 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // Reads wait for one of the pooled connections instead of opening more: a login burst
+        // would otherwise open (and page in) hundreds of connections.
+        let _permit = self
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let readers = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -213,10 +222,7 @@ impl SqliteStore {
                 None => open_reader(&path)?,
             };
             let out = f(&conn).map_err(backend);
-            let mut pool = readers.lock();
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
+            readers.lock().push(conn);
             out
         })
         .await

@@ -235,7 +235,7 @@ impl Registration {
             .register(login.info.clone(), login.subscriptions.clone());
         if conn.info.transport != "poll" {
             metrics::counter!("mps_logins_total", "transport" => conn.info.transport).increment(1);
-            tracing::info!(
+            tracing::debug!(
                 conn = conn.id,
                 app = %conn.info.app,
                 user = %conn.info.user,
@@ -259,7 +259,7 @@ impl Drop for Registration {
         let info = &self.conn.info;
         if info.transport != "poll" {
             metrics::counter!("mps_disconnects_total", "reason" => self.reason).increment(1);
-            tracing::info!(
+            tracing::debug!(
                 conn = self.conn.id,
                 app = %info.app,
                 user = %info.user,

@@ -64,8 +64,10 @@ pub async fn poll(
             Err(e) => return ApiError::from(e).into_response(),
         }
     }
-    // A cut history is news too: the client must reload, so it is told at once.
-    if owed.is_empty() && catchup.truncated.is_empty() && wait > 0 {
+    // A cut history is news too: the client must reload, so it is told at once. Messages at or
+    // below `since` are the resume overlap (mostly repeats), not a reason to answer early.
+    let news = owed.iter().any(|o| o.directed || o.id > login.last_id);
+    if !news && catchup.truncated.is_empty() && wait > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(wait), conn.wait()).await;
     }
     let mut live = Vec::new();

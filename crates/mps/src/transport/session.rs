@@ -57,7 +57,9 @@ impl Session<'_> {
         let conn = self.conn;
         let limits = &self.state.config.connection;
         let timeout = Duration::from_secs(limits.timeout.max(1));
-        match unless_stalled(conn, timeout, self.send_backlog(socket)).await {
+        // Rare, large futures are boxed so that every idle connection's task stays small: a
+        // future is as large as its largest await point.
+        match Box::pin(unless_stalled(conn, timeout, self.send_backlog(socket))).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => return reason,
             // The close is handled below, on the wake-up that came with it.
@@ -93,7 +95,7 @@ impl Session<'_> {
                     self.last_seen = Instant::now();
                     match inbound {
                         Inbound::Text(text) => {
-                            if let Some(reason) = self.handle(socket, text.as_str()).await {
+                            if let Some(reason) = Box::pin(self.handle(socket, text.as_str())).await {
                                 return reason;
                             }
                         }
@@ -119,7 +121,7 @@ impl Session<'_> {
                         socket.close(close::TIMEOUT, "heartbeat timeout").await;
                         return "heartbeat_timeout";
                     }
-                    match unless_stalled(conn, timeout, socket.ping()).await {
+                    match Box::pin(unless_stalled(conn, timeout, socket.ping())).await {
                         Ok(true) => {}
                         Ok(false) => return "write_failed",
                         Err(Stall::CloseAsked) => {}
@@ -173,8 +175,7 @@ impl Session<'_> {
             let info = &self.conn.info;
             self.state
                 .engine
-                .delivered(info.app.clone(), info.user.clone(), directed)
-                .await;
+                .delivered(info.app.clone(), info.user.clone(), directed);
         }
         true
     }
@@ -309,16 +310,25 @@ enum Stall {
 /// Runs an outbound write unless a close is asked for, or the timeout passes, first. A peer that
 /// stops reading blocks writes once the socket buffers are full; without this its session would
 /// wait on it forever, never close it and never leave the hub.
-async fn unless_stalled<T>(
+async fn unless_stalled<F: Future>(
     conn: &Conn,
     timeout: Duration,
-    write: impl Future<Output = T>,
-) -> Result<T, Stall> {
+    write: F,
+) -> Result<F::Output, Stall> {
     let mut write = std::pin::pin!(write);
-    // Most writes finish at once; only a write that has to wait arms the timer.
+    // Most writes finish at once; only a write that has to wait arms the guards, in a boxed
+    // future so that they do not enlarge every idle session.
     if let Some(done) = futures_util::FutureExt::now_or_never(write.as_mut()) {
         return Ok(done);
     }
+    Box::pin(guarded(conn, timeout, write)).await
+}
+
+async fn guarded<F: Future>(
+    conn: &Conn,
+    timeout: Duration,
+    write: std::pin::Pin<&mut F>,
+) -> Result<F::Output, Stall> {
     tokio::select! {
         biased;
         done = write => Ok(done),

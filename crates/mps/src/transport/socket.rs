@@ -32,7 +32,8 @@ pub enum Failure {
 pub fn configure(upgrade: WebSocketUpgrade, limits: &ConnectionConfig) -> WebSocketUpgrade {
     upgrade
         .read_buffer_size(512)
-        .write_buffer_size(0)
+        // Frames fed in one batch go out in one write (up to this many bytes), not one each.
+        .write_buffer_size(8 * 1024)
         .max_message_size(limits.max_frame)
         .max_frame_size(limits.max_frame)
 }
@@ -84,15 +85,19 @@ impl Socket {
     /// Sends a close frame with a code and reason; the connection is done afterwards. Gives up
     /// after [`CLOSE_WAIT`]: a peer that stopped reading cannot take it.
     pub async fn close(&mut self, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
-        };
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            let _ = self.inner.send(Message::Close(Some(frame))).await;
-            let _ = self.inner.flush().await;
+        // Boxed: closing happens once, and an inline future would enlarge every session.
+        Box::pin(async move {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            };
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                let _ = self.inner.send(Message::Close(Some(frame))).await;
+                let _ = self.inner.flush().await;
+            })
+            .await;
         })
-        .await;
+        .await
     }
 }
 

@@ -158,8 +158,7 @@ impl Stream {
             let info = &self.registration.conn.info;
             self.state
                 .engine
-                .delivered(info.app.clone(), info.user.clone(), directed)
-                .await;
+                .delivered(info.app.clone(), info.user.clone(), directed);
         }
         if chunk.is_empty() {
             // Nothing left after dropping repeats; a comment keeps the stream well-formed.

@@ -44,15 +44,27 @@ fn not_websocket(rejection: WebSocketUpgradeRejection) -> Response {
 /// An open refused: close code, the `Seq` to echo, error code and message.
 type OpenRefusal = (u16, Option<u64>, &'static str, String);
 
-/// Reads and checks the open frame, then runs the session.
-async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: SocketAddr) {
+/// Reads and checks the open frame, then runs the session. The open phase is boxed and gone
+/// once the session runs, so it does not enlarge the long-lived session task.
+async fn open_session(state: Arc<ServerState>, socket: Socket, remote: SocketAddr) {
+    if let Some((socket, registration, last_id)) = Box::pin(open(&state, socket, remote)).await {
+        session::run(state, socket, registration, last_id).await;
+    }
+}
+
+/// The open phase: the first frame, its checks, registration and the open-ack.
+async fn open(
+    state: &Arc<ServerState>,
+    mut socket: Socket,
+    remote: SocketAddr,
+) -> Option<(Socket, super::Registration, u64)> {
     let wait = Duration::from_secs(state.config.connection.open_timeout.max(1));
     let first = match tokio::time::timeout(wait, socket.recv()).await {
         Ok(inbound) => inbound,
         Err(_) => {
             count_bad_input("open_timeout");
             socket.close(close::TIMEOUT, "no open frame in time").await;
-            return;
+            return None;
         }
     };
     let text = match first {
@@ -61,15 +73,15 @@ async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: Socke
             let (code, reason, label) = failure_close(failure);
             count_bad_input(label);
             socket.close(code, reason).await;
-            return;
+            return None;
         }
-        Inbound::Closed => return,
+        Inbound::Closed => return None,
         Inbound::Binary | Inbound::Alive => {
             count_bad_input("open_expected");
             socket
                 .close(close::PROTOCOL, "expected an open frame")
                 .await;
-            return;
+            return None;
         }
     };
     let opened = match serde_json::from_str::<Frame>(text.as_str()) {
@@ -80,7 +92,7 @@ async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: Socke
             "open_expected",
             format!("expected Type 1, got {}", frame.kind),
         )),
-        Ok(frame) => check_open(&state, frame, remote),
+        Ok(frame) => check_open(state, frame, remote),
     };
     let (seq, login) = match opened {
         Ok(ok) => ok,
@@ -90,10 +102,10 @@ async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: Socke
                 .send(error_bytes(kind::OPEN_ACK, seq, label, message.clone()))
                 .await;
             socket.close(code, &message).await;
-            return;
+            return None;
         }
     };
-    let registration = super::Registration::new(&state, &login);
+    let registration = super::Registration::new(state, &login);
     let conn = &registration.conn;
     let ack = Frame {
         version: Some(PROTOCOL_VERSION),
@@ -108,9 +120,9 @@ async fn open_session(state: Arc<ServerState>, mut socket: Socket, remote: Socke
         ..Frame::reply(kind::OPEN_ACK, seq)
     };
     if !socket.send(encode(&ack)).await {
-        return;
+        return None;
     }
-    session::run(state, socket, registration, login.last_id).await;
+    Some((socket, registration, login.last_id))
 }
 
 /// Validates an open frame: token, user, way, then the login itself.
