@@ -1,5 +1,5 @@
-//! Message queue ingestion against the real brokers: RabbitMQ (`MPS_TEST_AMQP_URL`, default
-//! `amqp://guest:guest@127.0.0.1:5672/%2f`) and NATS with JetStream (`MPS_TEST_NATS_URL`, default
+//! Message queue ingestion against the real brokers: RabbitMQ (`TEST_AMQP_URL`, default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`) and NATS with JetStream (`TEST_NATS_URL`, default
 //! `nats://127.0.0.1:4222`). Every test uses queues, streams and subjects of its own. The NATS
 //! restart test runs a private `nats-server -js` on a port of its own; the RabbitMQ one cuts
 //! mps off its broker with a TCP relay, so the shared broker is never disturbed.
@@ -43,12 +43,12 @@ fn unique(what: &str) -> String {
 }
 
 fn amqp_url() -> String {
-    std::env::var("MPS_TEST_AMQP_URL")
+    std::env::var("TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn nats_url() -> String {
-    std::env::var("MPS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// Sums the samples of `name` whose labels contain every one of `labels`.
@@ -887,4 +887,101 @@ async fn readyz_reports_a_consumer_that_cannot_connect() {
         .await
         .expect("send");
     assert!(!sent.duplicate);
+}
+
+// ---- Throughput (bench/ingest.sh runs this in release mode) ----
+
+/// Messages from a pre-filled queue to stored and delivered: `n` directed messages to ten
+/// connected users. Prints one `ingest-bench` line.
+#[tokio::test]
+#[ignore = "a measurement: bench/ingest.sh"]
+async fn ingest_throughput() {
+    let n: u64 = std::env::var("INGEST_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let kind = std::env::var("INGEST_BENCH_SOURCE").unwrap_or_else(|_| "rabbitmq".into());
+    let in_flight = 256;
+    let body = |i: u64| directed(i, &format!("u{}", i % 10));
+    let cleanup: Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()>>;
+    let config = if kind == "nats" {
+        let Some(js) = nats(&nats_url()).await else {
+            return;
+        };
+        let stream = unique("MPS_BENCH").replace('-', "_");
+        let subject = format!("{stream}.in.default");
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{stream}.in.>")],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+        for batch in 0..n.div_ceil(500) {
+            let sends = (batch * 500..((batch + 1) * 500).min(n))
+                .map(|i| js_publish(&js, &subject, body(i), None));
+            futures_util::future::join_all(sends).await;
+        }
+        let name = stream.clone();
+        cleanup = Box::new(move || Box::pin(async move { delete_streams(&js, &name).await }));
+        nats_config(&nats_url(), &stream, in_flight)
+    } else {
+        let Some(channel) = rabbit().await else {
+            return;
+        };
+        let queue = unique("mps-bench");
+        declare(&channel, &queue).await;
+        for batch in 0..n.div_ceil(500) {
+            let sends = (batch * 500..((batch + 1) * 500).min(n)).map(|i| {
+                let (channel, queue, body) = (&channel, &queue, body(i));
+                async move { publish(channel, queue, body.as_bytes(), None, &[]).await }
+            });
+            futures_util::future::join_all(sends).await;
+        }
+        let name = queue.clone();
+        cleanup = Box::new(move || {
+            Box::pin(async move {
+                delete_queues(&channel, &[&name, &format!("{name}.dead-letter")]).await
+            })
+        });
+        rabbit_config(&amqp_url(), &queue, in_flight as u16)
+    };
+
+    let server = Server::with_config(&config, &[("MPS_CONNECTION__QUEUE", "65536")]);
+    let mut readers = Vec::new();
+    for u in 0..10 {
+        let mut client = server.connect(&format!("u{u}"), "bs", &[]).await;
+        let expected = n / 10 + u64::from(u < n % 10);
+        readers.push(tokio::spawn(async move {
+            for _ in 0..expected {
+                client
+                    .next_push(Duration::from_secs(60))
+                    .await
+                    .expect("push");
+            }
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        }));
+    }
+    let mut last_received = 0;
+    for reader in readers {
+        last_received = last_received.max(reader.await.expect("reader"));
+    }
+    let stored = records(&server, &[]).await;
+    assert_eq!(stored.len() as u64, n);
+    let first = stored.iter().map(|r| r.created).min().unwrap();
+    let last = stored.iter().map(|r| r.created).max().unwrap();
+    let metrics = server.metrics().await;
+    let batches = metric(&metrics, "mps_store_commit_batch_count", &[]);
+    let writes = metric(&metrics, "mps_store_commit_batch_sum", &[]);
+    println!(
+        "ingest-bench source={kind} n={n} in_flight={in_flight} stored_per_s={:.0} \
+         delivered_per_s={:.0} writes_per_commit={:.1}",
+        n as f64 * 1000.0 / (last - first).max(1) as f64,
+        n as f64 * 1000.0 / (last_received - first).max(1) as f64,
+        writes / batches.max(1.0),
+    );
+    cleanup().await;
 }
