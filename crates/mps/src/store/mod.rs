@@ -187,12 +187,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: IdempotencyKey,
         write: KeyedWrite,
-    ) -> Result<Claimed, StoreError> {
-        let _ = (key, write);
-        Err(StoreError::Backend(
-            "idempotency keys are not supported by this store".into(),
-        ))
-    }
+    ) -> Result<Claimed, StoreError>;
 
     /// Whether the store can be reached (for `/readyz`).
     async fn check(&self) -> Result<(), StoreError> {

@@ -29,6 +29,7 @@ pub async fn run(store: &dyn Store) {
     listing_filters_and_pages(store).await;
     delete_and_sweep(store).await;
     topic_logs_resume_and_trim(store).await;
+    idempotency_keys(store).await;
 }
 
 fn key(app: &str, key: &str, id: u64, created: i64) -> IdempotencyKey {
@@ -41,7 +42,7 @@ fn key(app: &str, key: &str, id: u64, created: i64) -> IdempotencyKey {
     }
 }
 
-pub async fn idempotency_keys(store: &dyn Store) {
+async fn idempotency_keys(store: &dyn Store) {
     let first = KeyedWrite::Message(message(51, &["k1"], None, FAR));
     assert_eq!(
         store
