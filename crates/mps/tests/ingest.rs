@@ -2,7 +2,8 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`) and NATS with JetStream (`TEST_NATS_URL`, default
 //! `nats://127.0.0.1:4222`). Every test uses queues, streams and subjects of its own. The NATS
 //! restart test runs a private `nats-server -js` on a port of its own; the RabbitMQ one cuts
-//! mps off its broker with a TCP relay, so the shared broker is never disturbed.
+//! mps off its broker with a TCP relay, so the shared broker is never disturbed. The store
+//! outage test runs a private PostgreSQL (`initdb`/`pg_ctl`) as mps's store and stops it.
 //! A missing broker fails the test under `CI=true` and skips it (with the reason) elsewhere.
 
 mod common;
@@ -552,6 +553,178 @@ async fn rabbitmq_consumption_resumes_after_the_broker_goes_away() {
     let source = format!("source=\"rabbitmq:{queue}\"");
     assert!(metric(&metrics, "mps_ingest_disconnects_total", &[&source]) >= 1.0);
     delete_queues(&channel, &[&queue, &format!("{queue}.dead-letter")]).await;
+}
+
+/// A PostgreSQL cluster of the test's own (`initdb` in a temporary directory, run as the
+/// `postgres` user when the test runs as root), to stop under a running mps.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> Option<PrivatePostgres> {
+        let bin = ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|dir| dir.join("initdb").exists());
+        let Some(bin) = bin else {
+            return missing("PostgreSQL binaries (initdb, pg_ctl)", "not installed");
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let pg = PrivatePostgres {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port,
+            bin,
+        };
+        if as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status();
+            if !status.is_ok_and(|s| s.success()) {
+                return missing("a postgres user to run PostgreSQL as", "chown failed");
+            }
+        }
+        let initdb = pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(pg.dir.path().join("data"))
+            .stdout(Stdio::null())
+            .status();
+        if !initdb.is_ok_and(|s| s.success()) {
+            return missing("initdb", "it failed");
+        }
+        if let Err(e) = pg.pg_ctl(&["-w", "start"]) {
+            return missing("pg_ctl start", e);
+        }
+        Some(pg)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -h 127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("pg_ctl {args:?}: {status}"))
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
+    }
+}
+
+fn as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+#[tokio::test]
+async fn rabbitmq_store_outage_puts_messages_back_instead_of_dead_lettering_them() {
+    let Some(channel) = rabbit().await else {
+        return;
+    };
+    let Some(pg) = PrivatePostgres::start() else {
+        return;
+    };
+    let queue = unique("mps-store-outage");
+    let dead = format!("{queue}.dead-letter");
+    declare(&channel, &queue).await;
+    let server = Server::with_config(
+        &rabbit_config(&amqp_url(), &queue, 16),
+        &[("MPS_STORE__POSTGRES_URL", &pg.url())],
+    );
+    for n in 0..20 {
+        publish(&channel, &queue, directed(n, "kim").as_bytes(), None, &[]).await;
+    }
+    within(WAIT, "the first 20", || async {
+        total(&server, &[("receiver", "kim")]).await == 20
+    })
+    .await;
+
+    pg.pg_ctl(&["-w", "-m", "immediate", "stop"])
+        .expect("stop PostgreSQL");
+    for n in 20..40 {
+        publish(&channel, &queue, directed(n, "kim").as_bytes(), None, &[]).await;
+    }
+    let source = format!("source=\"rabbitmq:{queue}\"");
+    within(WAIT, "messages to be put back", || async {
+        metric(
+            &server.metrics().await,
+            "mps_ingest_retried_total",
+            &[&source],
+        ) >= 20.0
+    })
+    .await;
+
+    pg.pg_ctl(&["-w", "start"]).expect("start PostgreSQL");
+    within(
+        Duration::from_secs(30),
+        "the rest once the store is back",
+        || async {
+            let page: Result<Page<MessageRecord>, _> = server
+                .api()
+                .messages(&[("receiver", "kim"), ("size", "1")])
+                .await;
+            page.is_ok_and(|p| p.total == 40)
+        },
+    )
+    .await;
+    assert_each_once(
+        numbers(&records(&server, &[("receiver", "kim")]).await),
+        40,
+        "records",
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(&metrics, "mps_ingest_rejected_total", &[&source]),
+        0.0
+    );
+    let dead_letter = channel
+        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get");
+    assert!(dead_letter.is_none(), "nothing is dead-lettered");
+    delete_queues(&channel, &[&queue, &dead]).await;
 }
 
 // ---- NATS JetStream ----
