@@ -5,7 +5,7 @@
 #   bench/ingest.sh [RUNS] [N]        (default 5 runs of 20000 messages per source)
 #
 # Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and NATS with JetStream on 127.0.0.1:4222, or
-# TEST_AMQP_URL / TEST_NATS_URL. Each run is the ignored test `ingest_throughput` in
+# MPS_TEST_AMQP_URL / MPS_TEST_NATS_URL. Each run is the ignored test `ingest_throughput` in
 # crates/mps/tests/ingest.rs, built in release mode: it fills a fresh queue, starts mps, and
 # reads the first and last `created` of the records (stored/s) and the time the last push
 # reached its user (delivered/s, from the first record).

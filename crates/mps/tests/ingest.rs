@@ -1,5 +1,5 @@
-//! Message queue ingestion against the real brokers: RabbitMQ (`TEST_AMQP_URL`, default
-//! `amqp://guest:guest@127.0.0.1:5672/%2f`) and NATS with JetStream (`TEST_NATS_URL`, default
+//! Message queue ingestion against the real brokers: RabbitMQ (`MPS_TEST_AMQP_URL`, default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`) and NATS with JetStream (`MPS_TEST_NATS_URL`, default
 //! `nats://127.0.0.1:4222`). Every test uses queues, streams and subjects of its own. The NATS
 //! restart test runs a private `nats-server -js` on a port of its own; the RabbitMQ one cuts
 //! mps off its broker with a TCP relay, so the shared broker is never disturbed. The store
@@ -44,12 +44,12 @@ fn unique(what: &str) -> String {
 }
 
 fn amqp_url() -> String {
-    std::env::var("TEST_AMQP_URL")
+    std::env::var("MPS_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn nats_url() -> String {
-    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    std::env::var("MPS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// Sums the samples of `name` whose labels contain every one of `labels`.
