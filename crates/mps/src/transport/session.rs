@@ -59,7 +59,11 @@ impl Session<'_> {
         let timeout = Duration::from_secs(limits.timeout.max(1));
         // Rare, large futures are boxed so that every idle connection's task stays small: a
         // future is as large as its largest await point.
-        match Box::pin(unless_stalled(conn, timeout, self.send_backlog(socket))).await {
+        let sent = {
+            let mut backlog = Box::pin(self.send_backlog(socket));
+            unless_stalled(conn, timeout, backlog.as_mut()).await
+        };
+        match sent {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => return reason,
             // The close is handled below, on the wake-up that came with it.
@@ -74,7 +78,11 @@ impl Session<'_> {
             tokio::select! {
                 _ = conn.wait() => {
                     let closing = conn.drain(&mut batch);
-                    match unless_stalled(conn, timeout, self.write(socket, &mut batch, true)).await {
+                    let written = {
+                        let write = std::pin::pin!(self.write(socket, &mut batch, true));
+                        unless_stalled(conn, timeout, write).await
+                    };
+                    match written {
                         Ok(true) => {}
                         Ok(false) => return "write_failed",
                         // Unwritten directed messages stay pending in the store.
@@ -101,7 +109,7 @@ impl Session<'_> {
                         }
                         Inbound::Binary => {
                             let reply = Frame::error(kind::ERROR, None, "binary_not_supported", "frames are JSON text");
-                            if let Some(reason) = self.reject(socket, "binary", reply).await {
+                            if let Some(reason) = Box::pin(self.reject(socket, "binary", reply)).await {
                                 return reason;
                             }
                         }
@@ -121,7 +129,11 @@ impl Session<'_> {
                         socket.close(close::TIMEOUT, "heartbeat timeout").await;
                         return "heartbeat_timeout";
                     }
-                    match Box::pin(unless_stalled(conn, timeout, socket.ping())).await {
+                    let pinged = {
+                        let mut ping = Box::pin(socket.ping());
+                        unless_stalled(conn, timeout, ping.as_mut()).await
+                    };
+                    match pinged {
                         Ok(true) => {}
                         Ok(false) => return "write_failed",
                         Err(Stall::CloseAsked) => {}
@@ -190,7 +202,7 @@ impl Session<'_> {
                     _ => ("bad_json", "bad_json"),
                 };
                 let reply = Frame::error(kind::ERROR, None, code, e.to_string());
-                return self.reject(socket, label, reply).await;
+                return Box::pin(self.reject(socket, label, reply)).await;
             }
         };
         let seq = frame.seq;
@@ -205,7 +217,7 @@ impl Session<'_> {
                     },
                     Err(EngineError::Invalid { code, message }) => {
                         let reply = Frame::error(kind::ERROR, seq, code, message);
-                        return self.reject(socket, code, reply).await;
+                        return Box::pin(self.reject(socket, code, reply)).await;
                     }
                     Err(e) => Frame::error(kind::ERROR, seq, "unavailable", e.to_string()),
                 }
@@ -237,7 +249,7 @@ impl Session<'_> {
                     },
                     Err(refusal) => {
                         let reply = Frame::error(kind::ERROR, seq, refusal.code, refusal.message);
-                        return self.reject(socket, refusal.code, reply).await;
+                        return Box::pin(self.reject(socket, refusal.code, reply)).await;
                     }
                 }
             }
@@ -248,7 +260,7 @@ impl Session<'_> {
                     "already_open",
                     "the session is already open",
                 );
-                return self.reject(socket, "already_open", reply).await;
+                return Box::pin(self.reject(socket, "already_open", reply)).await;
             }
             other => {
                 let reply = Frame::error(
@@ -257,7 +269,7 @@ impl Session<'_> {
                     "unknown_type",
                     format!("unknown frame type {other}"),
                 );
-                return self.reject(socket, "unknown_type", reply).await;
+                return Box::pin(self.reject(socket, "unknown_type", reply)).await;
             }
         };
         if socket.send(encode(&reply)).await {
@@ -313,9 +325,8 @@ enum Stall {
 async fn unless_stalled<F: Future>(
     conn: &Conn,
     timeout: Duration,
-    write: F,
+    mut write: std::pin::Pin<&mut F>,
 ) -> Result<F::Output, Stall> {
-    let mut write = std::pin::pin!(write);
     // Most writes finish at once; only a write that has to wait arms the guards, in a boxed
     // future so that they do not enlarge every idle session.
     if let Some(done) = futures_util::FutureExt::now_or_never(write.as_mut()) {

@@ -31,7 +31,7 @@ pub enum Failure {
 /// Applies the per-connection limits and buffer sizes to an upgrade.
 pub fn configure(upgrade: WebSocketUpgrade, limits: &ConnectionConfig) -> WebSocketUpgrade {
     upgrade
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         // Frames fed in one batch go out in one write (up to this many bytes), not one each.
         .write_buffer_size(8 * 1024)
         .max_message_size(limits.max_frame)

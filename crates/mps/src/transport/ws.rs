@@ -47,7 +47,9 @@ type OpenRefusal = (u16, Option<u64>, &'static str, String);
 /// Reads and checks the open frame, then runs the session. The open phase is boxed and gone
 /// once the session runs, so it does not enlarge the long-lived session task.
 async fn open_session(state: Arc<ServerState>, socket: Socket, remote: SocketAddr) {
-    if let Some((socket, registration, last_id)) = Box::pin(open(&state, socket, remote)).await {
+    // Bound first: a temporary in the `if let` would keep the box alive for the whole session.
+    let opened = Box::pin(open(&state, socket, remote)).await;
+    if let Some((socket, registration, last_id)) = opened {
         session::run(state, socket, registration, last_id).await;
     }
 }
