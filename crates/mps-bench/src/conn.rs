@@ -29,6 +29,9 @@ pub struct Ctx {
     /// `http://host:port`.
     pub base: String,
     pub server: SocketAddr,
+    /// Where subscribers connect: subscriber `index` to `nodes[index % nodes.len()]` (one node
+    /// unless several `--url`s were given). Publishing and API calls go to the first.
+    pub nodes: Vec<Node>,
     sources: Vec<IpAddr>,
     pub admin_key: String,
     jwt_secret: Option<String>,
@@ -51,10 +54,17 @@ pub struct Subscription {
     pub channel: String,
 }
 
-impl Ctx {
-    pub async fn new(common: &Common) -> anyhow::Result<Ctx> {
-        let authority = common
-            .url
+/// One server subscribers connect to (a node, with several `--url`s).
+pub struct Node {
+    /// `host:port`, for `Host` headers and URLs.
+    pub authority: String,
+    pub server: SocketAddr,
+}
+
+impl Node {
+    /// Parses and resolves `url` (`http://host:port`), which must be on loopback.
+    async fn resolve(url: &str) -> anyhow::Result<Node> {
+        let authority = url
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("--url must be http://host:port"))?
             .trim_end_matches('/')
@@ -67,11 +77,25 @@ impl Ctx {
         if !server.ip().is_loopback() {
             bail!("only loopback servers may be targeted, not {}", server.ip());
         }
+        Ok(Node { authority, server })
+    }
+}
+
+impl Ctx {
+    pub async fn new(common: &Common) -> anyhow::Result<Ctx> {
+        let mut nodes = Vec::with_capacity(common.urls.len());
+        for url in &common.urls {
+            nodes.push(Node::resolve(url).await?);
+        }
+        let Some(first) = nodes.first() else {
+            bail!("no --url");
+        };
+        let (authority, server) = (first.authority.clone(), first.server);
         let sources = match server.ip() {
-            IpAddr::V4(_) => (0..common.source_addrs)
+            IpAddr::V4(_) if nodes.iter().all(|n| n.server.is_ipv4()) => (0..common.source_addrs)
                 .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2u8.saturating_add(i))))
                 .collect(),
-            IpAddr::V6(_) => Vec::new(),
+            _ => Vec::new(),
         };
         let base = format!("http://{authority}");
         let http = reqwest::Client::builder()
@@ -84,6 +108,7 @@ impl Ctx {
             authority,
             base,
             server,
+            nodes,
             sources,
             admin_key: common.admin_key.clone(),
             jwt_secret: common.jwt_secret.clone(),
@@ -97,9 +122,15 @@ impl Ctx {
         })
     }
 
-    /// A TCP connection to the server from the source address chosen by `index`.
+    /// The node subscriber `index` connects to.
+    pub fn node(&self, index: usize) -> &Node {
+        &self.nodes[index % self.nodes.len()]
+    }
+
+    /// A TCP connection to the node of `index`, from the source address chosen by `index`.
     pub async fn tcp(&self, index: usize) -> std::io::Result<TcpStream> {
-        let socket = match self.server {
+        let server = self.node(index).server;
+        let socket = match server {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
@@ -107,7 +138,7 @@ impl Ctx {
             let source = self.sources[index % self.sources.len()];
             socket.bind(SocketAddr::new(source, 0))?;
         }
-        let stream = socket.connect(self.server).await?;
+        let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
@@ -125,7 +156,8 @@ impl Ctx {
         }
     }
 
-    /// Opens subscriber `index` (user `bench{index}` on mps) and waits until it is subscribed.
+    /// Opens subscriber `index` (user `bench{index}` on mps) on its node and waits until it is
+    /// subscribed.
     pub async fn subscribe(
         &self,
         transport: Transport,
@@ -138,6 +170,7 @@ impl Ctx {
             Target::Mps => Some(self.token(&user).await?),
             Target::Nchan => None,
         };
+        let authority = &self.node(index).authority;
         let _slot = self.connecting.acquire().await?;
         let started = std::time::Instant::now();
         let subscriber = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -145,12 +178,14 @@ impl Ctx {
             match (self.target, transport) {
                 (Target::Mps, Transport::Ws) => {
                     let token = token.unwrap_or_default();
-                    let ws = self.websocket(stream, "/ws").await?;
+                    let ws = self.websocket(stream, authority, "/ws").await?;
                     open_session(ws, &user, &token, subscription).await
                 }
                 (Target::Nchan, Transport::Ws) => {
                     let path = format!("/sub/{}", subscription.channel);
-                    Ok(Subscriber::Ws(self.websocket(stream, &path).await?))
+                    Ok(Subscriber::Ws(
+                        self.websocket(stream, authority, &path).await?,
+                    ))
                 }
                 (Target::Mps, Transport::Sse) => {
                     let mut path = format!("/sse?token={}", token.unwrap_or_default());
@@ -162,15 +197,11 @@ impl Ctx {
                         path.push_str("&topics=");
                         path.push_str(&query_escape(&subscription.topics.join(",")));
                     }
-                    Ok(Subscriber::Sse(
-                        Sse::open(stream, &self.authority, &path).await?,
-                    ))
+                    Ok(Subscriber::Sse(Sse::open(stream, authority, &path).await?))
                 }
                 (Target::Nchan, Transport::Sse) => {
                     let path = format!("/sub/{}", subscription.channel);
-                    Ok(Subscriber::Sse(
-                        Sse::open(stream, &self.authority, &path).await?,
-                    ))
+                    Ok(Subscriber::Sse(Sse::open(stream, authority, &path).await?))
                 }
             }
         })
@@ -181,8 +212,13 @@ impl Ctx {
         Ok(subscriber)
     }
 
-    async fn websocket(&self, stream: TcpStream, path: &str) -> anyhow::Result<Ws> {
-        let url = format!("ws://{}{path}", self.authority);
+    async fn websocket(
+        &self,
+        stream: TcpStream,
+        authority: &str,
+        path: &str,
+    ) -> anyhow::Result<Ws> {
+        let url = format!("ws://{authority}{path}");
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(self.ws_config))
                 .await

@@ -1,7 +1,9 @@
 //! `mps bench fanout`: N subscribers, M messages published over HTTP as fast as possible (with
 //! bounded concurrency) or at a fixed rate. Each payload carries its send time (ns since the
 //! epoch); each subscriber records publish-to-receipt latency and which sequence numbers it saw,
-//! so losses and duplicates are counted exactly.
+//! so losses and duplicates are counted exactly. With several `--url`s (nodes of one cluster),
+//! subscriber `i` connects to URL `i % urls`, messages go to the first, and the `--server-pid`s
+//! are added up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -314,7 +316,11 @@ pub async fn run(ctx: Arc<Ctx>, args: FanoutArgs) -> anyhow::Result<Report> {
     let mut report = Report::new("fanout");
     report
         .text("target", ctx.target.name())
-        .text("transport", args.transport.name())
+        .text("transport", args.transport.name());
+    if ctx.nodes.len() > 1 {
+        report.int("nodes", ctx.nodes.len() as u64, "");
+    }
+    report
         .int("subscribers", args.subscribers as u64, "")
         .int("connected", connected as u64, "")
         .int(

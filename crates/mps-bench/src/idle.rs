@@ -174,7 +174,7 @@ fn spawn_children(args: &IdleArgs) -> anyhow::Result<Vec<std::process::Child>> {
         let c = &args.common;
         let mut command = Command::new(&exe);
         command
-            .args(["bench", "idle-child", "--url", &c.url])
+            .args(["bench", "idle-child", "--url", c.url()])
             .args(["--target", c.target.name()])
             .args(["--source-addrs", &c.source_addrs.to_string()])
             .args(["--connect-concurrency", &c.connect_concurrency.to_string()])

@@ -60,9 +60,11 @@ impl Transport {
 /// Flags every mode accepts.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// Base URL of the server under test (loopback only).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of the server under test (loopback only). `fanout` takes it several times (nodes
+    /// of one cluster): subscribers are spread round-robin over the URLs and messages are
+    /// published to the first; the other modes take one.
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    pub urls: Vec<String>,
     /// The kind of server under test.
     #[arg(long, value_enum, default_value_t = Target::Mps)]
     pub target: Target,
@@ -99,6 +101,21 @@ pub struct Common {
     pub json: bool,
 }
 
+impl Common {
+    /// The first (for modes other than `fanout`, the only) `--url`.
+    pub fn url(&self) -> &str {
+        &self.urls[0]
+    }
+
+    /// Refuses more than one `--url` in a mode that uses only one.
+    fn one_url(&self, mode: &str) -> anyhow::Result<()> {
+        if self.urls.len() > 1 {
+            anyhow::bail!("`mps bench {mode}` takes one --url (only fanout takes several)");
+        }
+        Ok(())
+    }
+}
+
 /// `mps bench MODE`.
 #[derive(Subcommand, Clone, Debug)]
 pub enum Mode {
@@ -130,18 +147,22 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
                 (args.common.clone(), fanout::run(ctx, args).await?)
             }
             Mode::Idle(args) => {
+                args.common.one_url("idle")?;
                 let ctx = Arc::new(conn::Ctx::new(&args.common).await?);
                 (args.common.clone(), idle::run(ctx, args).await?)
             }
             Mode::Directed(args) => {
+                args.common.one_url("directed")?;
                 let ctx = Arc::new(conn::Ctx::new(&args.common).await?);
                 (args.common.clone(), directed::run(ctx, args).await?)
             }
             Mode::Connect(args) => {
+                args.common.one_url("connect")?;
                 let ctx = Arc::new(conn::Ctx::new(&args.common).await?);
                 (args.common.clone(), connect::run(ctx, args).await?)
             }
             Mode::IdleChild(args) => {
+                args.common.one_url("idle-child")?;
                 let ctx = Arc::new(conn::Ctx::new(&args.common).await?);
                 return idle::child(ctx, args).await;
             }
