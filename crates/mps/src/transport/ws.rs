@@ -108,6 +108,9 @@ async fn open(
         }
     };
     let registration = super::Registration::new(state, &login);
+    // In a cluster, the node's subscription for this user must be in place before the client is
+    // told it is open, or a live-only message sent right after the answer could miss it.
+    state.engine.broker().ready().await;
     let conn = &registration.conn;
     let ack = Frame {
         version: Some(PROTOCOL_VERSION),
