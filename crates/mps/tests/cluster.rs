@@ -389,6 +389,24 @@ async fn three_nodes_deliver_list_and_disconnect_across_the_cluster() {
         .unwrap();
     assert_eq!(next_sse_id(&mut bob).await, sent.id);
 
+    // ...and to a long poll waiting on node C.
+    let dave_token = c.token("dave").await;
+    let poller = c.api();
+    let poll = tokio::spawn(async move { poller.poll(&dave_token, &[("timeout", "10")]).await });
+    let deadline = Instant::now() + WAIT;
+    while !listed(a).await.iter().any(|client| client.user == "dave") {
+        assert!(Instant::now() < deadline, "the long poll never showed up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = a
+        .api()
+        .send(&directed(r#"{"to":"dave"}"#, "dave"))
+        .await
+        .unwrap();
+    let polled = poll.await.unwrap().unwrap();
+    assert_eq!(polled.messages.len(), 1);
+    assert_eq!(polled.messages[0].id, sent.id);
+
     // Broadcast, component and topic messages from any node reach every node.
     let mut carol = b.connect("carol", "cs", &[]).await;
     settle(a, &mut carol, "carol").await;
