@@ -190,6 +190,38 @@ fn split_list(list: Option<&str>) -> Vec<String> {
 }
 
 impl ClientQuery {
+    /// The id a reconnecting stream resumes from: the `Last-Event-ID` header, else `last_id`.
+    pub fn resume_id(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| self.last_id.clone())
+    }
+
+    /// Checks the login this query asks for, resuming from `last_id`; a refusal is counted and
+    /// becomes the JSON error answer.
+    pub fn login(
+        &self,
+        state: &ServerState,
+        identity: &Identity,
+        last_id: Option<String>,
+        transport: &'static str,
+        remote: SocketAddr,
+    ) -> Result<Login, ApiError> {
+        check_login(
+            state,
+            identity,
+            self.login_request(last_id),
+            transport,
+            remote,
+        )
+        .map_err(|refusal| {
+            count_bad_input(refusal.code);
+            ApiError::from(refusal)
+        })
+    }
+
     /// The login this query asks for, resuming from `last_id`.
     pub fn login_request(&self, last_id: Option<String>) -> LoginRequest {
         LoginRequest {

@@ -41,18 +41,9 @@ pub async fn poll(
         return ApiError::invalid("bad_query", format!("timeout must be 0 to {MAX_WAIT}"))
             .into_response();
     }
-    let login = match super::check_login(
-        &state,
-        &identity,
-        query.login_request(query.since.clone()),
-        "poll",
-        remote,
-    ) {
+    let login = match query.login(&state, &identity, query.since.clone(), "poll", remote) {
         Ok(login) => login,
-        Err(refusal) => {
-            count_bad_input(refusal.code);
-            return ApiError::from(refusal).into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let registration = Registration::new(&state, &login);
     let conn = &registration.conn;

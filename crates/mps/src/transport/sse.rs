@@ -16,8 +16,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::catchup::CatchUp;
-use super::{ClientQuery, Registration, count_bad_input, verify_client};
-use crate::api::{ApiError, Params};
+use super::{ClientQuery, Registration, verify_client};
+use crate::api::Params;
 use crate::hub::{CloseReason, Outbound};
 use crate::server::ServerState;
 
@@ -35,23 +35,10 @@ pub async fn sse(
         Ok(identity) => identity,
         Err(e) => return e.into_response(),
     };
-    let last_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.last_id.clone());
-    let login = match super::check_login(
-        &state,
-        &identity,
-        query.login_request(last_id),
-        "sse",
-        remote,
-    ) {
+    let resume = query.resume_id(&headers);
+    let login = match query.login(&state, &identity, resume, "sse", remote) {
         Ok(login) => login,
-        Err(refusal) => {
-            count_bad_input(refusal.code);
-            return ApiError::from(refusal).into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let registration = Registration::new(&state, &login);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(

@@ -196,23 +196,10 @@ pub async fn simple_ws(
         Ok(identity) => identity,
         Err(e) => return e.into_response(),
     };
-    let last_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.last_id.clone());
-    let login = match super::check_login(
-        &state,
-        &identity,
-        query.login_request(last_id),
-        "websocket-simple",
-        remote,
-    ) {
+    let resume = query.resume_id(&headers);
+    let login = match query.login(&state, &identity, resume, "websocket-simple", remote) {
         Ok(login) => login,
-        Err(refusal) => {
-            count_bad_input(refusal.code);
-            return ApiError::from(refusal).into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
