@@ -136,3 +136,55 @@ export class RecentIds {
   /** True when `id` was not seen before (and remembers it). */
   add(id: string): boolean;
 }
+
+/** A device registration (push mode) as the server returns it (`POST /api/v1/devices`). */
+export interface DeviceRegistration {
+  app: string;
+  user: string;
+  agent: string;
+  device: string;
+  way: 'apns' | 'fcm' | 'webpush';
+  token: string;
+  components: string[];
+  /** Unix milliseconds of the last registration or refresh. */
+  refreshed: number;
+}
+
+export interface PushOptions {
+  /** A client token, or a function returning one. */
+  token: string | (() => string | Promise<string>);
+  /** HTTP base of mps (`https://push.example.com`); or give the WebSocket `url`. Default: the page's origin. */
+  httpUrl?: string;
+  url?: string;
+  /** This browser's device id; default `deviceId()`. Give connect() the same one. */
+  device?: string;
+  /** Script URL of the page's service worker, registered here; or pass `registration`. Default: `navigator.serviceWorker.ready`. */
+  serviceWorker?: string;
+  registration?: ServiceWorkerRegistration;
+  scope?: string;
+  /** Only messages of these components are pushed (default all). */
+  components?: string[];
+  /** Default `bs`. */
+  agent?: string;
+  /** The app whose VAPID key to use (default the server's `default`). */
+  app?: string;
+  /** Injected for tests and other hosts. */
+  navigator?: unknown;
+  PushManager?: unknown;
+  fetch?: typeof fetch;
+  storage?: Pick<Storage, 'getItem' | 'setItem'>;
+}
+
+/** Errors of subscribePush() and unsubscribePush() carry the server's code (`not_configured`, `invalid_subscription`...) or `unsupported`. */
+export interface PushError extends Error {
+  code: string;
+}
+
+/** Web Push on: service worker, PushManager.subscribe with mps's VAPID key, POST /api/v1/devices. */
+export function subscribePush(options: PushOptions): Promise<{ registration: DeviceRegistration; subscription: PushSubscription }>;
+/** Web Push off: unsubscribe, DELETE /api/v1/devices; true when a push mode was on. */
+export function unsubscribePush(options: PushOptions): Promise<boolean>;
+/** A stable id for this browser, kept in localStorage (`mps.device`). */
+export function deviceId(storage?: Pick<Storage, 'getItem' | 'setItem'>): string;
+/** The bytes of a base64url string. */
+export function base64UrlBytes(text: string): Uint8Array;

@@ -3,6 +3,7 @@
 //   import { connect } from '/sdk/mps.js';
 //   const push = connect({ url: 'wss://push.example.com/ws', token, topics: ['alarms/#'] });
 //   push.on('message', (m) => console.log(m.title, m.EventData.ext));
+//   await subscribePush({ token, serviceWorker: '/sw.js', device: deviceId() }); // Web Push
 //
 // What it does for the page (docs/sdk.md has the details):
 // - opens a WebSocket with the protocol's open frame (docs/protocol.md, Type 1), falling back to
@@ -11,7 +12,9 @@
 // - reconnects with exponential backoff and full jitter, resuming topics from the greatest
 //   message id seen (Client.lastId, last_id, since);
 // - drops duplicates by id (the last `dedupSize` ids), acknowledges directed messages
-//   (`ack: true`), and on WebSocket sends pings and treats a silent connection as dead.
+//   (`ack: true`), and on WebSocket sends pings and treats a silent connection as dead;
+// - subscribePush()/unsubscribePush() turn Web Push on and off for the browser (service worker,
+//   PushManager with the server's VAPID key, POST/DELETE /api/v1/devices).
 
 const DEFAULTS = {
   transports: ['websocket', 'sse', 'poll'],
@@ -421,4 +424,129 @@ export function connect(options = {}) {
     /** True while a connection is open (a WebSocket session, an event stream, a poll loop). */
     get connected() { return isOpen; },
   };
+}
+
+// ---- Web Push ---------------------------------------------------------------------------------
+
+/** The bytes of a base64url string (a VAPID key), as `PushManager.subscribe` wants them. */
+export function base64UrlBytes(text) {
+  const b64 = text.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(text.length / 4) * 4, '=');
+  const raw = atob(b64);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return bytes;
+}
+
+/**
+ * A stable id for this browser, kept in `storage` (localStorage by default) under `mps.device`.
+ * Give the same id to connect() (`device`) and subscribePush(), so that mps knows when this
+ * browser is online and needs no Web Push.
+ */
+export function deviceId(storage = globalThis.localStorage) {
+  const saved = storage && storage.getItem('mps.device');
+  if (saved) return saved;
+  const id = `bs-${globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : Math.random().toString(36).slice(2)}`;
+  if (storage) storage.setItem('mps.device', id);
+  return id;
+}
+
+/** An Error with the server's (or the SDK's) error code. */
+function pushError(code, message) {
+  return Object.assign(new Error(`mps: ${message}`), { code });
+}
+
+/** What subscribePush() and unsubscribePush() share: the HTTP base, token, device, fetch. */
+function pushContext(o) {
+  const nav = o.navigator || globalThis.navigator;
+  if (!nav || !nav.serviceWorker || !(o.PushManager || globalThis.PushManager)) {
+    throw pushError('unsupported', 'this browser has no service workers or Push API');
+  }
+  const base = o.httpUrl || (o.url ? httpBase(o.url) : globalThis.location && globalThis.location.origin);
+  if (!base) throw new TypeError('mps: subscribePush needs httpUrl or url');
+  const fetchFn = o.fetch || (globalThis.fetch && globalThis.fetch.bind(globalThis));
+  if (!fetchFn) throw pushError('unsupported', 'no fetch');
+  return {
+    nav,
+    http: base.replace(/\/$/, ''),
+    fetch: fetchFn,
+    device: o.device || deviceId(o.storage),
+    token: async () => (typeof o.token === 'function' ? o.token() : o.token),
+  };
+}
+
+/** The body of an answer, or an Error carrying the server's error code. */
+async function answer(res) {
+  let body = null;
+  try { body = await res.json(); } catch (e) { /* no JSON body */ }
+  if (res.ok) return body;
+  const err = body && body.error;
+  throw pushError(err ? err.code : `http_${res.status}`, err ? err.message : `HTTP ${res.status}`);
+}
+
+/** The service worker registration to push to: given, registered from a script, or the ready one. */
+async function workerRegistration(o, nav) {
+  if (o.registration) return o.registration;
+  if (o.serviceWorker) return nav.serviceWorker.register(o.serviceWorker, o.scope ? { scope: o.scope } : undefined);
+  return nav.serviceWorker.ready;
+}
+
+function sameKey(subscription, key) {
+  const current = subscription.options && subscription.options.applicationServerKey;
+  if (!current) return true; // the browser does not say: keep it
+  const a = new Uint8Array(current);
+  return a.length === key.length && a.every((b, i) => b === key[i]);
+}
+
+/**
+ * Web Push for this browser: registers the service worker, subscribes with mps's VAPID key and
+ * opens the `webpush` push mode (POST /api/v1/devices). Resolves to `{ registration,
+ * subscription }`: the server's registration and the browser's PushSubscription. Options:
+ * token (required), httpUrl or url, device (default deviceId()), serviceWorker (script URL) or
+ * registration, scope, components, agent, app; navigator, PushManager, fetch, storage may be
+ * injected.
+ */
+export async function subscribePush(options = {}) {
+  const o = { ...options };
+  const ctx = pushContext(o);
+  const sw = await workerRegistration(o, ctx.nav);
+  const app = o.app ? `?app=${encodeURIComponent(o.app)}` : '';
+  const { key: vapid } = await answer(await ctx.fetch(`${ctx.http}/api/v1/webpush/vapid-public-key${app}`));
+  const key = base64UrlBytes(vapid);
+  let subscription = await sw.pushManager.getSubscription();
+  if (subscription && !sameKey(subscription, key)) {
+    await subscription.unsubscribe(); // made with an older key: the push service would refuse it
+    subscription = null;
+  }
+  if (!subscription) {
+    subscription = await sw.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+  }
+  const body = { device: ctx.device, way: 'webpush', subscription: subscription.toJSON() };
+  if (o.agent) body.agent = o.agent;
+  if (o.components) body.components = o.components;
+  const registration = await answer(await ctx.fetch(`${ctx.http}/api/v1/devices`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${await ctx.token()}` },
+    body: JSON.stringify(body),
+  }));
+  return { registration, subscription };
+}
+
+/**
+ * Turns Web Push off for this browser: unsubscribes the service worker's PushSubscription and
+ * closes the `webpush` push mode (DELETE /api/v1/devices). Resolves to true when a push mode
+ * was on. Same options as subscribePush().
+ */
+export async function unsubscribePush(options = {}) {
+  const o = { ...options };
+  const ctx = pushContext(o);
+  const sw = await workerRegistration(o, ctx.nav);
+  const subscription = await sw.pushManager.getSubscription();
+  if (subscription) await subscription.unsubscribe();
+  const res = await ctx.fetch(`${ctx.http}/api/v1/devices?device=${encodeURIComponent(ctx.device)}&way=webpush`, {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${await ctx.token()}` },
+  });
+  if (res.status === 404) return false;
+  await answer(res);
+  return true;
 }

@@ -52,6 +52,9 @@ if [ "$browser" = 1 ]; then
   fi
   echo "== browser tests (node --test tests/browser/, $("$CHROMIUM" --version 2>/dev/null))"
   nice node --test --test-reporter=spec --test-concurrency=1 --test-timeout=180000 tests/browser/ || status=1
+  for shot in tests/browser/output/*.png; do
+    if [ -e "$shot" ]; then echo "screenshot: $ROOT/$shot"; fi
+  done
 fi
 
 exit $status

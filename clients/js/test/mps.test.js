@@ -3,7 +3,10 @@
 import { test, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { connect, compareIds, backoffDelay, httpBase, RecentIds } from '../mps.js';
+import {
+  connect, compareIds, backoffDelay, httpBase, RecentIds, subscribePush, unsubscribePush, deviceId,
+  base64UrlBytes,
+} from '../mps.js';
 
 // ---- fakes: each records what the SDK does and lets the test play the server ----------------
 
@@ -509,4 +512,153 @@ test('a throwing listener does not stop delivery to the others', async () => {
   assert.deepEqual(got, ['1']);
   assert.equal(uncaught.length, 1);
   c.close();
+});
+
+// ---- Web Push: subscribePush / unsubscribePush with a stubbed browser -----------------------
+
+const VAPID = 'BEl62iUYgUivxIkv69yViEuiBIa-Ib9-SkvMeAtA3LFgDzkrxZJjSgSnfckjBJuBkr3qBUYIHBQFLXYp5Nksh8U';
+
+/** A PushSubscription as the browser gives it. */
+class FakeSubscription {
+  constructor(key, endpoint = 'https://push.example.net/s/1') {
+    this.options = { applicationServerKey: key ? key.buffer : null };
+    this.endpoint = endpoint;
+    this.unsubscribed = false;
+  }
+  toJSON() { return { endpoint: this.endpoint, expirationTime: null, keys: { p256dh: 'BNc', auth: 'tBH' } }; }
+  async unsubscribe() { this.unsubscribed = true; return true; }
+}
+
+/** navigator.serviceWorker and a PushManager that record what the SDK asks. */
+function fakeBrowser(existing = null) {
+  const calls = { register: [], subscribe: [] };
+  const pushManager = {
+    current: existing,
+    async getSubscription() { return this.current; },
+    async subscribe(opts) {
+      calls.subscribe.push(opts);
+      this.current = new FakeSubscription(opts.applicationServerKey, 'https://push.example.net/s/new');
+      return this.current;
+    },
+  };
+  const registration = { pushManager };
+  const navigator = {
+    serviceWorker: {
+      async register(script, opts) { calls.register.push([script, opts]); return registration; },
+      ready: Promise.resolve(registration),
+    },
+  };
+  return { navigator, PushManager: function PushManager() {}, calls, pushManager };
+}
+
+/** A fetch playing mps: the VAPID key route and /api/v1/devices. */
+function mpsFetch({ key = VAPID, devices = { status: 201 } } = {}) {
+  return fakeFetch((url, init) => {
+    if (url.includes('/api/v1/webpush/vapid-public-key')) {
+      return key ? { status: 200, body: { app: 'default', key } }
+        : { status: 404, body: { error: { code: 'not_configured', message: 'no Web Push' } } };
+    }
+    if (url.includes('/api/v1/devices')) {
+      const sent = init.body ? JSON.parse(init.body) : null;
+      return { status: devices.status, body: devices.body || { user: 'alice', way: 'webpush', device: sent && sent.device } };
+    }
+    return { status: 500, body: null };
+  });
+}
+
+function memoryStorage() {
+  const map = new Map();
+  return { getItem: (k) => (map.has(k) ? map.get(k) : null), setItem: (k, v) => map.set(k, String(v)) };
+}
+
+test('base64url keys decode to their bytes', () => {
+  const bytes = base64UrlBytes(VAPID);
+  assert.equal(bytes.length, 65);
+  assert.equal(bytes[0], 4);
+  assert.deepEqual([...base64UrlBytes('-_8')], [0xfb, 0xff]);
+});
+
+test('deviceId is made once and kept in storage', () => {
+  const storage = memoryStorage();
+  const first = deviceId(storage);
+  assert.match(first, /^bs-/);
+  assert.equal(deviceId(storage), first);
+  assert.notEqual(deviceId(memoryStorage()), first);
+});
+
+test('subscribePush: service worker, PushManager.subscribe with the VAPID key, then POST /api/v1/devices', async () => {
+  const browser = fakeBrowser();
+  const fetch = mpsFetch();
+  const { registration, subscription } = await subscribePush({
+    url: URL_WS, token: async () => TOKEN, device: 'laptop-1', serviceWorker: '/sw.js', scope: '/',
+    components: ['esbm'], navigator: browser.navigator, PushManager: browser.PushManager, fetch,
+  });
+  assert.deepEqual(browser.calls.register, [['/sw.js', { scope: '/' }]]);
+  assert.equal(browser.calls.subscribe.length, 1);
+  const opts = browser.calls.subscribe[0];
+  assert.equal(opts.userVisibleOnly, true);
+  assert.deepEqual([...opts.applicationServerKey], [...base64UrlBytes(VAPID)]);
+  assert.equal(fetch.calls[0].url, 'http://push.test:8080/api/v1/webpush/vapid-public-key');
+  const post = fetch.calls[1];
+  assert.equal(post.url, 'http://push.test:8080/api/v1/devices');
+  assert.equal(post.init.method, 'POST');
+  assert.equal(post.init.headers.authorization, `Bearer ${TOKEN}`);
+  assert.deepEqual(JSON.parse(post.init.body), {
+    device: 'laptop-1', way: 'webpush', components: ['esbm'],
+    subscription: { endpoint: 'https://push.example.net/s/new', expirationTime: null, keys: { p256dh: 'BNc', auth: 'tBH' } },
+  });
+  assert.equal(registration.device, 'laptop-1');
+  assert.equal(subscription, browser.pushManager.current);
+});
+
+test('subscribePush keeps a subscription made with the same key and replaces one made with another', async () => {
+  const same = new FakeSubscription(base64UrlBytes(VAPID), 'https://push.example.net/s/kept');
+  let browser = fakeBrowser(same);
+  await subscribePush({ httpUrl: 'https://mps.test', token: TOKEN, device: 'd', navigator: browser.navigator, PushManager: browser.PushManager, fetch: mpsFetch() });
+  assert.equal(browser.calls.subscribe.length, 0);
+  assert.equal(same.unsubscribed, false);
+
+  const stale = new FakeSubscription(new Uint8Array([4, 1, 2]), 'https://push.example.net/s/stale');
+  browser = fakeBrowser(stale);
+  const fetch = mpsFetch();
+  await subscribePush({ httpUrl: 'https://mps.test/', token: TOKEN, device: 'd', navigator: browser.navigator, PushManager: browser.PushManager, fetch });
+  assert.equal(stale.unsubscribed, true);
+  assert.equal(browser.calls.subscribe.length, 1);
+  assert.equal(JSON.parse(fetch.calls[1].init.body).subscription.endpoint, 'https://push.example.net/s/new');
+  assert.equal(fetch.calls[1].url, 'https://mps.test/api/v1/devices');
+});
+
+test('subscribePush reports the server\'s refusals and unsupported browsers by code', async () => {
+  const browser = fakeBrowser();
+  const base = { httpUrl: 'https://mps.test', token: TOKEN, device: 'd', navigator: browser.navigator, PushManager: browser.PushManager };
+  await assert.rejects(subscribePush({ ...base, fetch: mpsFetch({ key: null }) }), { code: 'not_configured' });
+  assert.equal(browser.calls.subscribe.length, 0, 'no subscription without a key');
+  const refused = mpsFetch({ devices: { status: 400, body: { error: { code: 'invalid_subscription', message: 'bad' } } } });
+  await assert.rejects(subscribePush({ ...base, fetch: refused }), { code: 'invalid_subscription' });
+  await assert.rejects(subscribePush({ ...base, navigator: {}, fetch: mpsFetch() }), { code: 'unsupported' });
+  await assert.rejects(subscribePush({ ...base, PushManager: undefined, fetch: mpsFetch() }), { code: 'unsupported' });
+});
+
+test('subscribePush uses the ready service worker and a stored device id by default', async () => {
+  const browser = fakeBrowser();
+  const storage = memoryStorage();
+  const fetch = mpsFetch();
+  await subscribePush({ httpUrl: 'https://mps.test', token: TOKEN, storage, app: 'oa', navigator: browser.navigator, PushManager: browser.PushManager, fetch });
+  assert.equal(browser.calls.register.length, 0);
+  assert.equal(fetch.calls[0].url, 'https://mps.test/api/v1/webpush/vapid-public-key?app=oa');
+  assert.equal(JSON.parse(fetch.calls[1].init.body).device, deviceId(storage));
+});
+
+test('unsubscribePush unsubscribes and closes the push mode; false when it was off', async () => {
+  const current = new FakeSubscription(base64UrlBytes(VAPID));
+  const browser = fakeBrowser(current);
+  let fetch = mpsFetch({ devices: { status: 200, body: { removed: 1 } } });
+  const base = { httpUrl: 'https://mps.test', token: TOKEN, device: 'laptop 1', navigator: browser.navigator, PushManager: browser.PushManager };
+  assert.equal(await unsubscribePush({ ...base, fetch }), true);
+  assert.equal(current.unsubscribed, true);
+  assert.equal(fetch.calls[0].url, 'https://mps.test/api/v1/devices?device=laptop%201&way=webpush');
+  assert.equal(fetch.calls[0].init.method, 'DELETE');
+  assert.equal(fetch.calls[0].init.headers.authorization, `Bearer ${TOKEN}`);
+  fetch = mpsFetch({ devices: { status: 404, body: { error: { code: 'not_found', message: 'no' } } } });
+  assert.equal(await unsubscribePush({ ...base, fetch }), false);
 });

@@ -420,6 +420,42 @@ impl Api {
         Ok(request.url().to_string())
     }
 
+    /// Replaces a user's tags (in the default app).
+    pub async fn set_tags(&self, user: &str, tags: &[&str]) -> Result<UserTags> {
+        let body = TagsRequest {
+            app: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        self.call(
+            self.admin(reqwest::Method::PUT, &format!("/api/v1/users/{user}/tags"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Replaces a user's attributes (in the default app).
+    pub async fn set_attributes(
+        &self,
+        user: &str,
+        attributes: &[(&str, &str)],
+    ) -> Result<UserAttributes> {
+        let body = AttributesRequest {
+            app: None,
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        self.call(
+            self.admin(
+                reqwest::Method::PUT,
+                &format!("/api/v1/users/{user}/attributes"),
+            )
+            .json(&body),
+        )
+        .await
+    }
+
     /// A client acks by HTTP with its own token.
     pub async fn ack(&self, token: &str, ids: &[String]) -> Result<AckResult> {
         let body = AckRequest { ids: ids.to_vec() };

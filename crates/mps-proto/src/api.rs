@@ -10,10 +10,12 @@ use crate::frame::ErrorBody;
 
 /// `POST /api/v1/messages`. With `receiver` it is directed and durable; without it, it goes live
 /// to every online client of the app (or, with `component`, to those subscribed to it).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// Business content, any JSON; delivered as `Message.EventData.ext`.
+    #[cfg_attr(feature = "utoipa", schema(value_type = serde_json::Value))]
     pub content: Box<RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver: Option<Vec<String>>,
@@ -42,9 +44,62 @@ pub struct SendMessage {
     /// with a key already used is not sent again; the answer carries the first one's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Who it is for, instead of `receiver`: an expression over users' tags and attributes and
+    /// the clients' agents (`tag:vip AND lang:zh AND NOT agent:cs`; docs/audience.md). Directed
+    /// and durable to every matching user, online or not, unless `live`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// With `audience`: only to the matching clients online now (and, with `component`,
+    /// subscribed to it); nothing is stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
+    /// Per-agent shapes: the title and content that connections of an agent (`ios`, `android`)
+    /// get instead of the message's own, and the vendors' notifications (`apns`, `fcm`,
+    /// `webpush`). Others get the message as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formats: Option<BTreeMap<String, Format>>,
+    /// Whether a directed message also goes through the recipients' registered devices (APNs,
+    /// FCM, Web Push); `offline` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushPolicy>,
+    /// The channels a directed message goes through besides live connections: `push` (the
+    /// registered devices, under the `push` policy) and `webhook` (the app's webhook channel,
+    /// one signed request per recipient). Absent: `["push"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+}
+
+/// When a directed message is pushed through the vendors to a recipient's registered devices.
+/// The message stays pending for the live channel either way.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushPolicy {
+    /// To each registered device that has no live connection.
+    #[default]
+    Offline,
+    /// To every registered device, online or not.
+    Always,
+    /// Never: live connections and the backlog only.
+    Never,
+}
+
+/// What the clients of one agent (or one vendor's notifications) get instead of a message's own
+/// title and content; an absent field keeps the message's.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Format {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Any JSON; delivered as `Message.EventData.ext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<serde_json::Value>))]
+    pub content: Option<Box<RawValue>>,
 }
 
 /// How a message is delivered.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryClass {
@@ -60,11 +115,12 @@ pub enum DeliveryClass {
 
 /// Answer to `POST /api/v1/messages`, sent once the message is durable (directed) or handed to
 /// the broker (live only).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendResult {
     pub id: String,
     pub class: DeliveryClass,
-    /// Number of recipients recorded (directed only).
+    /// Number of recipients recorded (directed), or of online users a live audience matched.
     pub recipients: usize,
     /// The idempotency key was already used: nothing was sent again and `id` is the first
     /// message's.
@@ -73,11 +129,18 @@ pub struct SendResult {
 }
 
 /// Per-recipient delivery status.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Not yet written to any connection of the user.
     Pending,
+    /// Handed to a vendor (APNs, FCM, Web Push) for a device of the user; still owed to the
+    /// live channel, like `pending`.
+    Pushed,
+    /// A vendor push was tried and refused (`reason` says why); still owed to the live
+    /// channel, like `pending`.
+    Failed,
     /// Written to a live connection (or collected by pull).
     Delivered,
     /// Confirmed by the client.
@@ -87,8 +150,10 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 6] = [
         Status::Pending,
+        Status::Pushed,
+        Status::Failed,
         Status::Delivered,
         Status::Acked,
         Status::Expired,
@@ -97,6 +162,8 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
+            Status::Pushed => "pushed",
+            Status::Failed => "failed",
             Status::Delivered => "delivered",
             Status::Acked => "acked",
             Status::Expired => "expired",
@@ -106,18 +173,28 @@ impl Status {
     pub fn parse(text: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
+
+    /// Whether the message is still owed to the user's live connections (backlog, pull).
+    pub fn owed(self) -> bool {
+        matches!(self, Status::Pending | Status::Pushed | Status::Failed)
+    }
 }
 
 /// One recipient of a directed message and where its delivery stands.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecipientStatus {
     pub user: String,
     pub status: Status,
     /// When the status last changed.
     pub updated: i64,
+    /// Why a vendor push `failed` (the vendor's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A stored directed message (`GET /api/v1/messages`, `GET /api/v1/messages/{id}`).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageRecord {
     pub id: String,
@@ -132,6 +209,13 @@ pub struct MessageRecord {
     pub sender: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<Vec<String>>,
+    /// Agents whose connections do not get it (an audience's `NOT agent:` terms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except_agents: Option<Vec<String>>,
+    /// The per-agent shapes it was sent with (the message's `formats` and the app's templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formats: Option<BTreeMap<String, Format>>,
+    #[cfg_attr(feature = "utoipa", schema(value_type = serde_json::Value))]
     pub content: Box<RawValue>,
     pub created: i64,
     pub expires: i64,
@@ -143,6 +227,7 @@ pub struct MessageRecord {
 }
 
 /// A page of results.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -153,7 +238,8 @@ pub struct Page<T> {
 }
 
 /// An online connection (`GET /api/v1/clients`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnlineClient {
     pub id: String,
     pub app: String,
@@ -175,6 +261,7 @@ pub struct OnlineClient {
 }
 
 /// `POST /api/v1/tokens`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
@@ -190,6 +277,7 @@ pub struct TokenRequest {
 }
 
 /// A client token and where clients connect with it, per network line (`intranet`, `internet`...).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
     pub token: String,
@@ -201,12 +289,14 @@ pub struct TokenResponse {
 }
 
 /// `POST /api/v1/collect` answer: the pending messages, now marked delivered.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Collected {
     pub messages: Vec<crate::frame::PushedMessage>,
 }
 
 /// `POST /api/v1/ack` body (client token).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
@@ -214,13 +304,173 @@ pub struct AckRequest {
 }
 
 /// `POST /api/v1/ack` answer.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AckResult {
     pub acked: u64,
 }
 
+/// `POST /api/v1/devices`: open a push mode, registering a device to be reached through a
+/// vendor when it holds no live connection. Registering again refreshes the registration.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDevice {
+    /// The app's own id of the device; its live connections give the same `Client.device`.
+    pub device: String,
+    /// `apns`, `fcm` or `webpush`.
+    pub way: String,
+    /// APNs device token (hex) or FCM registration token; for Web Push, the subscription as a
+    /// JSON string (or use `subscription`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Web Push: the browser's `PushSubscription.toJSON()`
+    /// (`{"endpoint": "https://...", "keys": {"p256dh": "...", "auth": "..."}}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<serde_json::Value>,
+    /// Client type; default `ios` for APNs, `android` for FCM, `bs` for Web Push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Components whose messages are pushed to this device; absent or empty: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<String>>,
+    /// With the admin key only: the user (a client token registers its own user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// With the admin key only: the app (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+/// A device's registration for one way (a push mode that is on).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRegistration {
+    pub app: String,
+    pub user: String,
+    pub agent: String,
+    pub device: String,
+    /// `apns`, `fcm` or `webpush`.
+    pub way: String,
+    /// The device token, or the Web Push subscription as JSON.
+    pub token: String,
+    /// Components whose messages are pushed; empty means all.
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Last registration or refresh, Unix ms; registrations not refreshed for
+    /// `push.expire_after` expire.
+    pub refreshed: i64,
+}
+
+/// How many registrations a `DELETE /api/v1/devices` or `POST /api/v1/logout` removed.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: u64,
+}
+
 /// Every API error: `{"error": {"code": "...", "message": "..."}}`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorResponse {
     pub error: ErrorBody,
+}
+
+/// `PUT /api/v1/users/{user}/tags`: the user's new set of tags.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsRequest {
+    /// Tenant; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// A user's tags (`GET` and `PUT /api/v1/users/{user}/tags`), sorted.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserTags {
+    pub app: String,
+    pub user: String,
+    pub tags: Vec<String>,
+}
+
+/// `PUT /api/v1/users/{user}/attributes`: the user's new attributes (`lang`, `region`,
+/// `platform`, `app_version` or any other key), one value each.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributesRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A user's attributes (`GET` and `PUT /api/v1/users/{user}/attributes`).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAttributes {
+    pub app: String,
+    pub user: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Hours in which nothing is pushed through the vendors, in the user's local time.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    /// `HH:MM`, local time; quiet from here...
+    pub start: String,
+    /// ...until here (`HH:MM`, exclusive); before `start` means the quiet hours span midnight.
+    pub end: String,
+    /// The user's offset from UTC, `+08:00` or `-05:30`; `+00:00` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset: Option<String>,
+}
+
+/// What a user does not want pushed through the vendors (APNs, FCM, Web Push). Muted messages
+/// are still stored and delivered to live connections; only the vendor push is left out.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// Components whose messages are not pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub muted_components: Vec<String>,
+    /// Vendor channels not used: `apns`, `fcm`, `webpush`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub muted_channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// `PUT /api/v1/users/{user}/preferences` (admin) and `PUT /api/v1/me/preferences` (client
+/// token): replaces the user's preferences.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferencesRequest {
+    /// Tenant (admin route only; a client's app is its token's); `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default)]
+    pub muted_components: Vec<String>,
+    #[serde(default)]
+    pub muted_channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// A user's preferences, as stored.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPreferences {
+    pub app: String,
+    pub user: String,
+    pub muted_components: Vec<String>,
+    pub muted_channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
 }

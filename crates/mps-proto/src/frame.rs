@@ -39,6 +39,9 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The WebSocket framing itself was broken (RFC 6455: reserved bits, bad opcode, unmasked
+    /// client frame, bad control frame).
+    pub const WS_PROTOCOL: u16 = 1002;
     /// A text frame was not valid UTF-8.
     pub const INVALID_UTF8: u16 = 1007;
     /// A frame or message exceeded the configured size limit.
@@ -53,8 +56,12 @@ pub mod close {
     pub const KICKED: u16 = 4403;
     /// No open frame in time, or the peer went silent past the heartbeat timeout.
     pub const TIMEOUT: u16 = 4408;
-    /// The client could not keep up: its outbound queue overflowed. Reconnect to resume.
-    pub const SLOW_CONSUMER: u16 = 4429;
+    /// Over a limit: the outbound queue overflowed (the client could not keep up), the client
+    /// sent frames faster than its rate, or its user has too many connections. The error frame
+    /// before the close (or the close reason) says which. Reconnect with backoff to resume.
+    pub const TOO_MANY: u16 = 4429;
+    /// The outbound queue overflowed: [`TOO_MANY`] with the reason "outbound queue overflow".
+    pub const SLOW_CONSUMER: u16 = TOO_MANY;
 }
 
 /// One frame, in either direction. Absent fields are omitted on the wire; unknown fields are
@@ -85,6 +92,10 @@ pub struct Frame {
     /// Topic patterns a resume gap concerns (`Type` 10).
     #[serde(rename = "Topics", default, skip_serializing_if = "Option::is_none")]
     pub topics: Option<Vec<String>>,
+    /// The registration a short connection opened (`Type` 2 answering an open with a vendor
+    /// `way`).
+    #[serde(rename = "Device", default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::api::DeviceRegistration>,
 }
 
 impl Frame {
@@ -118,9 +129,21 @@ pub struct ClientInfo {
     /// Must equal the token's subject when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// `websocket` for a long connection; vendor ways (`apns`, `fcm`, `webpush`) open a push mode.
+    /// `websocket` for a long connection; vendor ways (`apns`, `fcm`, `webpush`) open a push mode
+    /// (short connection: `Type` 1 turns it on, `Type` 7 turns it off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub way: Option<String>,
+    /// The vendor's device token (APNs hex, FCM registration token) of a push mode, or a Web
+    /// Push subscription as a JSON string.
+    #[serde(
+        rename = "deviceToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_token: Option<String>,
+    /// A Web Push subscription (`PushSubscription.toJSON()`) of a push mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<serde_json::Value>,
     /// Components (producing systems) whose component-wide messages the client wants.
     #[serde(
         rename = "componentSet",
@@ -159,6 +182,7 @@ pub struct SessionInfo {
 }
 
 /// Machine-readable error: a stable `code` and a human `message`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub code: String,
@@ -167,6 +191,7 @@ pub struct ErrorBody {
 
 /// A message as pushed to clients (`Message` of a `Type` 3 frame) and as returned by pull.
 /// `EventData.ext` is the business content exactly as the back end sent it.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PushedMessage {
     /// Server-assigned id, increasing with time; clients use it to drop duplicates.
@@ -209,8 +234,10 @@ impl<'a> PushFrame<'a> {
 }
 
 /// Wrapper kept for the protocol's original shape: the content lives in `ext`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventData {
+    #[cfg_attr(feature = "utoipa", schema(value_type = serde_json::Value))]
     pub ext: Box<RawValue>,
 }
 

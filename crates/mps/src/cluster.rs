@@ -11,6 +11,8 @@
 //! - `P:n:{node_id}`: a node's control channel (disconnect requests).
 //! - `P:clients:{node_id}`: hash of a node's online clients (id → JSON), expiring unless the
 //!   node refreshes it.
+//! - `P:devices:{node_id}`: hash of a node's online devices per user
+//!   (`{len(app)}:{app}:{user}` → JSON array of device ids), expiring with `P:clients`.
 //! - `P:nodes`: sorted set of node ids scored by when their registry entries expire (the set
 //!   expires too when no node refreshes it).
 
@@ -91,6 +93,15 @@ impl Cluster {
         format!("{}:clients:{node_id}", self.prefix)
     }
 
+    pub fn devices_key(&self, node_id: u16) -> String {
+        format!("{}:devices:{node_id}", self.prefix)
+    }
+
+    /// A user's field in a node's devices hash.
+    pub fn user_field(app: &str, user: &str) -> String {
+        format!("{}:{app}:{user}", app.len())
+    }
+
     pub fn nodes_key(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
@@ -107,6 +118,7 @@ pub type Joined = (Arc<Hub>, Arc<dyn Broker>, Arc<dyn Presence>);
 
 /// Joins the cluster at `url`: the hub reports to the Redis broker and registry.
 pub fn join(config: &Config, url: &str, hub: Hub, store: Arc<dyn Store>) -> anyhow::Result<Joined> {
+    crate::telemetry::preregister_cluster();
     if config.store.postgres_url.is_none() {
         tracing::warn!(
             "cluster.redis_url without store.postgres_url: each node keeps its own store, so a \

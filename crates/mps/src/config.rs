@@ -31,11 +31,27 @@ pub struct Config {
     pub topics: TopicsConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
+    pub limits: LimitsConfig,
     /// Message queues to consume messages from (`[[ingest.rabbitmq]]`, `[[ingest.nats]]`).
     pub ingest: crate::ingest::IngestConfig,
+    /// Vendor push (APNs, FCM, Web Push) credentials per app and device-data rules.
+    pub push: crate::push::PushConfig,
+    /// Signed HTTP callbacks to back ends on client and message events (`[[webhooks]]`).
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    /// Per-app settings: `[apps.<app>.formats.<agent>]` templates of the shape an agent's
+    /// clients get (docs/formats.md).
+    pub apps: BTreeMap<String, AppConfig>,
     /// Client-facing base URLs per network line (for example `intranet` and `internet`),
     /// returned with every issued token. Empty means the listener's own address.
     pub lines: BTreeMap<String, String>,
+}
+
+/// `[apps.<app>]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    /// Templates per agent (`ios`, `android`) or vendor (`apns`, `fcm`, `webpush`).
+    pub formats: BTreeMap<String, crate::formats::Template>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +93,11 @@ pub struct ConnectionConfig {
     pub queue: usize,
     /// Error frames tolerated on one connection before it is closed for protocol abuse.
     pub max_errors: u32,
+    /// Mounts `GET /conformance/echo`, an unauthenticated WebSocket echo on the same stack as
+    /// `/ws`, for the Autobahn conformance suite. Never in production.
+    pub conformance_echo: bool,
+    /// Most components one connection may list in its `componentSet`.
+    pub max_components: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +117,8 @@ pub struct MessagesConfig {
     pub max_body: usize,
     /// Seconds an idempotency key (`id` of a message) keeps a repeat from being sent again.
     pub idempotency_window: u64,
+    /// Most users one audience may resolve to (a larger audience is refused, not cut).
+    pub max_audience: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +142,75 @@ pub struct TopicsConfig {
     /// the store commit, so concurrent publishes can reach a client out of id order; the
     /// overlap re-sends them (clients drop repeats by id) instead of losing one. 0 turns it off.
     pub resume_overlap_ms: u64,
+}
+
+/// What one client, address, user or credential may use (docs/security.md has the table of
+/// every limit, its answer and its metric).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most connections (TCP, of any kind) this node holds; more are answered 503. 0: the
+    /// process's open-files limit less [`RESERVED_FILES`].
+    pub max_connections: usize,
+    /// Most connections from one remote address; more are answered 429. 0: no limit (behind a
+    /// reverse proxy every client has the proxy's address).
+    pub connections_per_address: usize,
+    /// Most sessions (WebSocket, SSE, long poll) of one user on this node; 0: no limit.
+    pub connections_per_user: usize,
+    /// Seconds a client has to send a request's head, and again its body (slowloris); also how
+    /// long an idle keep-alive connection stays open.
+    pub request_timeout: u64,
+    /// Frames a second one WebSocket connection may send, sustained; 0: no limit.
+    pub message_rate: u32,
+    /// Frames a WebSocket connection may send at once above the rate.
+    pub message_burst: u32,
+    /// Requests a second with the admin key; 0: no limit.
+    pub api_rate: u32,
+    pub api_burst: u32,
+    /// Requests and logins a second per client-token user (collect, ack, SSE, polls, WebSocket
+    /// opens); 0: no limit.
+    pub client_rate: u32,
+    pub client_burst: u32,
+}
+
+/// File descriptors kept for the store, the listener and outgoing connections when
+/// `limits.max_connections` is derived from the open-files limit.
+pub const RESERVED_FILES: usize = 512;
+
+impl LimitsConfig {
+    /// The connection cap in force: configured, else derived from the open-files limit.
+    pub fn max_connections(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        open_files_limit()
+            .map(|files| files.saturating_sub(RESERVED_FILES).max(64))
+            .unwrap_or(usize::MAX)
+    }
+}
+
+/// The soft open-files limit of this process, from `/proc/self/limits`.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 0,
+            connections_per_address: 0,
+            connections_per_user: 64,
+            request_timeout: 10,
+            message_rate: 100,
+            message_burst: 200,
+            api_rate: 0,
+            api_burst: 1000,
+            client_rate: 50,
+            client_burst: 100,
+        }
+    }
 }
 
 /// Where messages are stored: the embedded SQLite store in `data_dir` unless a PostgreSQL URL
@@ -226,7 +318,11 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
+            limits: LimitsConfig::default(),
             ingest: crate::ingest::IngestConfig::default(),
+            push: crate::push::PushConfig::default(),
+            webhooks: Vec::new(),
+            apps: BTreeMap::new(),
             lines: BTreeMap::new(),
         }
     }
@@ -262,6 +358,8 @@ impl Default for ConnectionConfig {
             max_frame: 64 * 1024,
             queue: 1024,
             max_errors: 10,
+            conformance_echo: false,
+            max_components: 256,
         }
     }
 }
@@ -276,6 +374,7 @@ impl Default for MessagesConfig {
             max_recipients: 10_000,
             max_body: 1024 * 1024,
             idempotency_window: 24 * 3600,
+            max_audience: 1_000_000,
         }
     }
 }
@@ -333,7 +432,8 @@ impl Config {
                             key.as_str().replace("__", ".").into()
                         }
                     })
-                    .ignore(&["config"]),
+                    // Read by the operator commands (`mps send --url`), not settings.
+                    .ignore(&["config", "url"]),
             )
             .merge(Serialized::defaults(flags))
             .extract()
@@ -357,6 +457,10 @@ impl Config {
         for url in shown.ingest.urls_mut() {
             *url = mask_password(url);
         }
+        for hook in &mut shown.webhooks {
+            hook.secret = "<hidden>".into();
+            hook.url = mask_password(&hook.url);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
@@ -370,7 +474,7 @@ impl Config {
 }
 
 /// A URL with its password (`scheme://user:PASSWORD@host`) replaced.
-fn mask_password(url: &str) -> String {
+pub fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -2,27 +2,33 @@
 //! makes directed ones durable before answering, publishes them through the broker, serves the
 //! backlog of a connecting user, and records deliveries and acks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use mps_proto::{
-    DeliveryClass, EventData, Frame, PushFrame, PushedMessage, SendMessage, SendResult,
+    DeliveryClass, EventData, EventType, Frame, PushFrame, PushedMessage, SendMessage, SendResult,
 };
 use tokio::sync::mpsc;
 
+use crate::audience::Audience;
 use crate::auth::DEFAULT_APP;
 use crate::broker::Broker;
-use crate::config::{MessagesConfig, TopicsConfig};
-use crate::hub::{Envelope, Target};
+use crate::config::{Config, MessagesConfig, TopicsConfig};
+use crate::formats::Template;
+use crate::hub::{AgentFilter, Envelope, Target};
 use crate::id::{IdGen, now_ms};
+use crate::presence::{Presence, PresenceError};
+use crate::push::fallback::{Fallback, Job};
+use crate::push::{Notification, Priority};
 use crate::store::{
     Claimed, IdempotencyKey, KeyedWrite, NewMessage, Store, StoreError, TopicEntry, TopicReplay,
 };
+use crate::webhooks;
 
 /// Longest user, component, agent, app or sender name.
 pub const MAX_NAME: usize = 256;
-const MAX_TITLE: usize = 1024;
+pub const MAX_TITLE: usize = 1024;
 /// Most ids one ack may carry.
 pub const MAX_ACK_IDS: usize = 1000;
 /// Messages fetched from the store per backlog page.
@@ -40,9 +46,11 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> EngineError {
+pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> EngineError {
     EngineError::Invalid {
         code,
         message: message.into(),
@@ -100,30 +108,51 @@ struct Delivered {
 pub struct Engine {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
+    /// Who is online on every node: the users a live audience may match.
+    presence: Arc<dyn Presence>,
     ids: IdGen,
     config: MessagesConfig,
     topics: TopicsConfig,
+    /// Per-app format templates (`[apps.<app>.formats.<agent>]`).
+    templates: HashMap<String, BTreeMap<String, Template>>,
     delivered: mpsc::Sender<Delivered>,
+    /// Directed messages go on to the recipients' registered devices through it.
+    push: Arc<Fallback>,
 }
 
 impl Engine {
+    /// Takes from `config` the node id, the message and topic settings and the apps' format
+    /// templates.
     pub fn new(
         store: Arc<dyn Store>,
         broker: Arc<dyn Broker>,
-        node_id: u16,
-        config: MessagesConfig,
-        topics: TopicsConfig,
+        presence: Arc<dyn Presence>,
+        config: &Config,
+        push: Arc<Fallback>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(record_deliveries(store.clone(), rx));
         Arc::new(Engine {
             store,
             broker,
-            ids: IdGen::new(node_id),
-            config,
-            topics,
+            presence,
+            ids: IdGen::new(config.node_id),
+            config: config.messages.clone(),
+            topics: config.topics.clone(),
+            templates: config
+                .apps
+                .iter()
+                .map(|(app, c)| (app.clone(), c.formats.clone()))
+                .filter(|(_, formats)| !formats.is_empty())
+                .collect(),
             delivered: tx,
+            push,
         })
+    }
+
+    /// The vendor fallback (and through it the configured vendors).
+    pub fn push(&self) -> &Fallback {
+        &self.push
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -136,6 +165,12 @@ impl Engine {
 
     /// Accepts a message. Directed messages are durable when this returns.
     pub async fn send(&self, req: SendMessage) -> Result<SendResult, EngineError> {
+        let audience = self.check_audience(&req)?;
+        if let Some(own) = &req.formats {
+            crate::formats::check(own)?;
+        }
+        // A live audience of a component message reaches only connections subscribed to it.
+        let live_component = req.component.clone().filter(|_| req.live);
         let app = req.app.unwrap_or_else(|| DEFAULT_APP.to_owned());
         check_name("app", &app)?;
         if req.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE) {
@@ -171,10 +206,30 @@ impl Engine {
                 format!("ttl must be 1 to {} seconds", self.config.max_ttl),
             ));
         }
-        let recipients = match req.receiver {
-            Some(list) => Some(self.check_recipients(list)?),
-            None => None,
+        let agents = match &audience {
+            Some(audience) => audience.agents.clone(),
+            None => AgentFilter::only(req.agents.clone()),
         };
+        // A live audience: the matching users online now.
+        let mut live_users = None;
+        let recipients = match (req.receiver, &audience) {
+            (Some(list), _) => Some(self.check_recipients(list)?),
+            (None, Some(audience)) if req.live => {
+                live_users = Some(
+                    self.online_audience(&app, audience, req.component.as_deref())
+                        .await?,
+                );
+                None
+            }
+            (None, Some(audience)) => Some(self.stored_audience(&app, audience).await?),
+            (None, None) => None,
+        };
+        if req.push.is_some() && recipients.is_none() {
+            return Err(invalid(
+                "invalid_push",
+                "push applies to directed messages (with receiver)",
+            ));
+        }
         if let Some(topic) = &req.topic {
             crate::topic::check_topic(topic, self.topics.limits())
                 .map_err(|e| invalid("invalid_topic", e.0))?;
@@ -200,6 +255,16 @@ impl Engine {
             event_data: EventData { ext: req.content },
         };
         let frame = encode_push(&pushed);
+        // Each agent's shape is encoded once, for every connection of that agent.
+        let shapes = crate::formats::resolve(self.templates.get(&app), req.formats, &pushed);
+        let variants: Vec<(String, Bytes)> = shapes
+            .iter()
+            .filter(|(agent, _)| !crate::formats::is_vendor(agent))
+            .map(|(agent, shape)| {
+                let shaped = crate::formats::apply(&pushed, shape);
+                (agent.clone(), encode_push(&shaped))
+            })
+            .collect();
         let key = req.id.map(|key| IdempotencyKey {
             app: app.clone(),
             key,
@@ -208,9 +273,44 @@ impl Engine {
             expires: created
                 .saturating_add((self.config.idempotency_window as i64).saturating_mul(1000)),
         });
+        let (push_channel, webhook_channel) = match &req.channels {
+            None => (true, false),
+            Some(channels) => self.check_channels(&app, recipients.is_some(), channels)?,
+        };
+        let policy = req.push.unwrap_or_default();
+        let mut fallback = None;
+        let mut webhook = None;
         let (class, target, count, write) = match recipients {
             Some(recipients) => {
                 let count = recipients.len();
+                let expires = created.saturating_add((ttl as i64).saturating_mul(1000));
+                if webhook_channel {
+                    webhook = Some((recipients.clone(), pushed.clone()));
+                }
+                if push_channel && self.push.wanted(&app, policy) {
+                    fallback = Some(Job {
+                        note: Notification {
+                            id,
+                            app: app.clone(),
+                            title: pushed.title.clone(),
+                            kind: pushed.kind,
+                            component: pushed.component.clone(),
+                            content: Arc::from(pushed.event_data.ext.clone()),
+                            expires,
+                            collapse_id: None,
+                            priority: Priority::High,
+                            formats: shapes
+                                .iter()
+                                .filter_map(|(name, shape)| {
+                                    crate::push::Way::parse(name).map(|way| (way, shape.clone()))
+                                })
+                                .collect(),
+                        },
+                        recipients: recipients.clone(),
+                        agents: agents.clone(),
+                        policy,
+                    });
+                }
                 let message = NewMessage {
                     id,
                     app: app.clone(),
@@ -218,10 +318,11 @@ impl Engine {
                     kind: pushed.kind,
                     component: pushed.component,
                     sender: pushed.sender,
-                    agents: req.agents.clone(),
+                    agents: agents.clone(),
+                    formats: shapes,
                     content: pushed.event_data.ext,
                     created,
-                    expires: created.saturating_add((ttl as i64).saturating_mul(1000)),
+                    expires,
                     recipients: recipients.clone(),
                 };
                 (
@@ -231,8 +332,17 @@ impl Engine {
                     KeyedWrite::Message(message),
                 )
             }
-            None => match (pushed.topic, pushed.component) {
-                (Some(topic), _) => {
+            None => match (pushed.topic, pushed.component, live_users) {
+                (_, component, Some(users)) => {
+                    let class = if component.is_some() {
+                        DeliveryClass::Component
+                    } else {
+                        DeliveryClass::Broadcast
+                    };
+                    let count = users.len();
+                    (class, Target::Users(users), count, KeyedWrite::KeyOnly)
+                }
+                (Some(topic), _, None) => {
                     let (_, keep) = self.topics.retention_of(&topic);
                     let entry = TopicEntry {
                         id,
@@ -246,13 +356,13 @@ impl Engine {
                     };
                     (DeliveryClass::Topic, Target::Topic(topic), 0, write)
                 }
-                (None, Some(component)) => (
+                (None, Some(component), None) => (
                     DeliveryClass::Component,
                     Target::Component(component),
                     0,
                     KeyedWrite::KeyOnly,
                 ),
-                (None, None) => (
+                (None, None, None) => (
                     DeliveryClass::Broadcast,
                     Target::All,
                     0,
@@ -274,12 +384,14 @@ impl Engine {
         let published = self
             .broker
             .publish(Envelope {
-                app,
+                app: app.clone(),
                 target,
-                agents: req.agents,
+                agents,
+                component: live_component,
                 id,
                 directed,
                 frame,
+                variants,
             })
             .await;
         metrics::counter!("mps_messages_accepted_total", "class" => class_label(class))
@@ -289,6 +401,13 @@ impl Engine {
             // Durable already: the recipients get it from the store when they (re)connect.
             Err(e) if durable => tracing::warn!(id, error = %e, "live fan-out failed"),
             Err(e) => return Err(e.into()),
+        }
+        // After the live fan-out, so that presence sees who just received it.
+        if let Some(job) = fallback {
+            self.push.offer(job);
+        }
+        if let Some((users, message)) = webhook {
+            crate::channels::offer_webhook(&app, &users, &message);
         }
         Ok(SendResult {
             id: id.to_string(),
@@ -433,8 +552,9 @@ impl Engine {
             return Ok(());
         }
         let count = ids.len() as u64;
-        self.store.mark_delivered(app, user, ids).await?;
+        let changed = self.store.mark_delivered(app, user, ids).await?;
         crate::telemetry::hot().directed_delivered.increment(count);
+        webhooks::recipients(EventType::MessageDelivered, app, user, &changed);
         Ok(())
     }
 
@@ -448,8 +568,9 @@ impl Engine {
         }
         let ids = parse_ids(ids)?;
         let acked = self.store.ack(app, user, ids).await?;
-        metrics::counter!("mps_acks_total").increment(acked);
-        Ok(acked)
+        metrics::counter!("mps_acks_total").increment(acked.len() as u64);
+        webhooks::recipients(EventType::MessageAcked, app, user, &acked);
+        Ok(acked.len() as u64)
     }
 
     /// Pull: the user's pending messages (any agent), marked delivered.
@@ -461,8 +582,148 @@ impl Engine {
     ) -> Result<Vec<PushedMessage>, EngineError> {
         let pending = self.store.pending(app, user, None, 0, limit).await?;
         let ids = pending.iter().filter_map(|m| m.id.parse().ok()).collect();
-        self.store.mark_delivered(app, user, ids).await?;
+        let changed = self.store.mark_delivered(app, user, ids).await?;
+        webhooks::recipients(EventType::MessageDelivered, app, user, &changed);
         Ok(pending)
+    }
+
+    /// Checks a message's `channels`: which of the vendor push and the webhook channel it takes.
+    fn check_channels(
+        &self,
+        app: &str,
+        directed: bool,
+        channels: &[String],
+    ) -> Result<(bool, bool), EngineError> {
+        if !directed {
+            return Err(invalid(
+                "invalid_channels",
+                "channels apply to directed messages (with receiver)",
+            ));
+        }
+        if channels.len() > crate::channels::NAMES.len() {
+            return Err(invalid(
+                "invalid_channels",
+                "channels lists a channel twice",
+            ));
+        }
+        for channel in channels {
+            if !crate::channels::NAMES.contains(&channel.as_str()) {
+                return Err(invalid(
+                    "invalid_channels",
+                    format!(
+                        "unknown channel {channel:?} (known: {})",
+                        crate::channels::NAMES.join(", ")
+                    ),
+                ));
+            }
+        }
+        let webhook = channels.iter().any(|c| c == "webhook");
+        if webhook && !crate::channels::has_webhook(app) {
+            return Err(invalid(
+                "channel_not_configured",
+                format!("app {app:?} has no webhook channel ([push.apps.{app}.webhook])"),
+            ));
+        }
+        Ok((channels.iter().any(|c| c == "push"), webhook))
+    }
+
+    /// Parses and checks a message's audience, if it has one.
+    fn check_audience(&self, req: &SendMessage) -> Result<Option<Audience>, EngineError> {
+        let Some(text) = &req.audience else {
+            if req.live {
+                return Err(invalid(
+                    "live_without_audience",
+                    "live is for audiences; a message without receiver is live already",
+                ));
+            }
+            return Ok(None);
+        };
+        for (given, field) in [
+            (req.receiver.is_some(), "receiver"),
+            (req.topic.is_some(), "topic"),
+            (req.agents.is_some(), "agents"),
+        ] {
+            if given {
+                return Err(invalid(
+                    "audience_conflict",
+                    format!(
+                        "a message has either an audience or {field}, not both (agents go into the audience as agent: terms)"
+                    ),
+                ));
+            }
+        }
+        let audience =
+            Audience::parse(text).map_err(|e| invalid("invalid_audience", e.to_string()))?;
+        if audience.users.is_none() && !req.live {
+            return Err(invalid(
+                "invalid_audience",
+                "audience: a stored audience needs a term other than agent: (send it live to \
+                 reach every online client of those agents)",
+            ));
+        }
+        Ok(Some(audience))
+    }
+
+    /// The users of a durable audience, online or not, from the store.
+    async fn stored_audience(
+        &self,
+        app: &str,
+        audience: &Audience,
+    ) -> Result<Vec<String>, EngineError> {
+        let Some(expr) = &audience.users else {
+            return Ok(Vec::new());
+        };
+        let max = self.config.max_audience;
+        let started = std::time::Instant::now();
+        let users = self
+            .store
+            .resolve(app, expr, None, max.saturating_add(1))
+            .await?;
+        metrics::histogram!("mps_audience_resolve_seconds", "class" => "stored")
+            .record(started.elapsed().as_secs_f64());
+        if users.len() > max {
+            return Err(invalid(
+                "audience_too_large",
+                format!("the audience matches more than {max} users (messages.max_audience)"),
+            ));
+        }
+        Ok(users)
+    }
+
+    /// The users of a live audience: those online now on any node with a matching client (of an
+    /// admitted agent and, for a component message, subscribed to it).
+    async fn online_audience(
+        &self,
+        app: &str,
+        audience: &Audience,
+        component: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        let started = std::time::Instant::now();
+        let mut online: Vec<String> = self
+            .presence
+            .list()
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.app == app
+                    && audience.agents.admits(&c.agent)
+                    && component.is_none_or(|wanted| c.components.iter().any(|c| c == wanted))
+            })
+            .map(|c| c.user)
+            .collect();
+        online.sort_unstable();
+        online.dedup();
+        let users = match &audience.users {
+            Some(expr) if !online.is_empty() => {
+                let limit = online.len();
+                self.store.resolve(app, expr, Some(online), limit).await?
+            }
+            Some(_) => Vec::new(),
+            None => online,
+        };
+        metrics::histogram!("mps_audience_resolve_seconds", "class" => "live")
+            .record(started.elapsed().as_secs_f64());
+        Ok(users)
     }
 
     fn check_recipients(&self, list: Vec<String>) -> Result<Vec<String>, EngineError> {
@@ -501,13 +762,16 @@ async fn record_deliveries(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Deliver
             .into_iter()
             .map(|((app, user), ids)| {
                 let store = store.clone();
-                async move { store.mark_delivered(&app, &user, ids).await }
+                async move {
+                    match store.mark_delivered(&app, &user, ids).await {
+                        Ok(changed) => {
+                            webhooks::recipients(EventType::MessageDelivered, &app, &user, &changed)
+                        }
+                        Err(e) => tracing::warn!(error = %e, "recording deliveries failed"),
+                    }
+                }
             })
             .collect::<Vec<_>>();
-        for result in futures_util::future::join_all(writes).await {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "recording deliveries failed");
-            }
-        }
+        futures_util::future::join_all(writes).await;
     }
 }

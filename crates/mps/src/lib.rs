@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`config`]: defaults, TOML file, `MPS_*` environment and flags, merged.
+//! - [`audience`]: audience expressions over users' tags and attributes: parser, SQL, bench.
 //! - [`auth`]: the one place that checks client tokens (JWT) and the admin key.
 //! - [`id`]: sortable, cluster-unique message ids.
 //! - [`store`]: durable directed messages and per-recipient status ([`store::Store`]; SQLite
@@ -12,29 +13,46 @@
 //!   in Redis in a cluster).
 //! - [`cluster`]: the Redis connections and key names shared by the cluster's broker and
 //!   registry.
+//! - [`formats`]: per-agent shapes of a message (its `formats`, the apps' templates).
 //! - [`hub`]: the connections of this node, indexed by user and component, each with a bounded
 //!   outbound queue.
 //! - [`engine`]: the delivery engine: accepts messages, stores, publishes, backlogs, acks.
 //! - [`transport`]: thin adapters from client connections (WebSocket) to the engine.
 //! - [`ingest`]: consumers of message queues (RabbitMQ, NATS JetStream) that send what back ends
 //!   publish there, acked once durable, invalid messages dead-lettered.
+//! - [`preferences`]: users' muted components and channels and quiet hours for vendor push.
+//! - [`push`]: vendor push (APNs, FCM, Web Push) to devices with no live connection.
 //! - [`api`]: the HTTP API under `/api/v1`, health and metrics.
-//! - [`server`]: wiring, listener, sweeper and graceful shutdown.
+//! - [`limits`]: connection counts, rate limits and the accounting of refusals.
+//! - [`listener`]: accepts TCP connections within the limits and serves HTTP/1.1 on them.
+//! - [`server`]: wiring, sweeper and graceful shutdown.
 //! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`cli`]: the operator commands (`mps send`, `mps clients`, `mps messages`), clients of
+//!   the HTTP API.
 //! - [`topic`]: topic names and MQTT-style patterns (`+`, `#`).
+//! - [`webhooks`]: signed HTTP callbacks to back ends on client and message events.
 
 pub mod api;
+pub mod audience;
 pub mod auth;
 pub mod broker;
+pub mod channels;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod formats;
 pub mod hub;
 pub mod id;
 pub mod ingest;
+pub mod limits;
+pub mod listener;
+pub mod preferences;
 pub mod presence;
+pub mod push;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod topic;
 pub mod transport;
+pub mod webhooks;

@@ -12,20 +12,23 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::any;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::auth::Authenticator;
+use crate::api::ApiError;
+use crate::auth::{Authenticator, Identity};
 use crate::broker::LocalBroker;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::{CloseReason, Hub};
 use crate::ingest::Ingest;
+use crate::limits::{Admission, RequestRates};
 use crate::presence::{LocalPresence, Presence};
+use crate::push::Pushers;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::timed::TimedStore;
 
 /// What every handler and session shares.
 pub struct ServerState {
@@ -41,12 +44,30 @@ pub struct ServerState {
     pub started: Instant,
     /// The address actually bound (the configured port may be 0).
     pub local_addr: SocketAddr,
+    /// Connections in total and per address (`limits.*connections*`).
+    pub admission: Arc<Admission>,
+    /// Request rates per admin key and per client-token user.
+    pub rates: RequestRates,
     shutting_down: AtomicBool,
 }
 
 impl ServerState {
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request or login of a client-token user against `limits.client_rate`.
+    pub fn client_request(&self, identity: &Identity) -> Result<(), ApiError> {
+        self.rates
+            .client(identity)
+            .map_err(|wait| ApiError::rate_limited(crate::limits::Limit::ClientRate, wait))
+    }
+
+    /// Counts a request with the admin key against `limits.api_rate`.
+    pub fn admin_request(&self) -> Result<(), ApiError> {
+        self.rates
+            .admin()
+            .map_err(|wait| ApiError::rate_limited(crate::limits::Limit::ApiRate, wait))
     }
 
     /// Client-facing WebSocket URLs per network line; the listener's own when none configured.
@@ -78,6 +99,12 @@ impl Secrets {
             )?,
         })
     }
+}
+
+/// The admin key as an operator command finds it: configured, else `admin.key` in the data
+/// directory; never generated.
+pub fn admin_key(config: &Config) -> anyhow::Result<String> {
+    secret(&config.admin_key, &config.data_dir, "admin.key", false)
 }
 
 fn secret(
@@ -128,6 +155,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let secrets = Secrets::resolve(&config, true)?;
     let auth = authenticator(&config, &secrets)?;
+    let pushers = Arc::new(Pushers::from_config(&config.push).context("push configuration")?);
     let store: Arc<dyn Store> = match &config.store.postgres_url {
         Some(url) => Arc::new(
             PostgresStore::connect(url, config.store.postgres_pool)
@@ -139,8 +167,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         ),
     };
+    let store: Arc<dyn Store> = Arc::new(TimedStore::new(store));
     let node = config.node_name();
-    let hub = Hub::new(&node, config.node_id, config.connection.queue);
+    crate::webhooks::start(&config.webhooks, &node, config.node_id).context("webhooks")?;
+    crate::channels::start(
+        config
+            .push
+            .apps
+            .iter()
+            .filter_map(|(app, push)| Some((app, push.webhook.as_ref()?))),
+    )
+    .context("channels")?;
+    let hub = Hub::new(&node, config.node_id, config.connection.queue)
+        .with_user_limit(config.limits.connections_per_user);
     let (hub, broker, presence): crate::cluster::Joined = match &config.cluster.redis_url {
         Some(url) => crate::cluster::join(&config, url, hub, store.clone())?,
         None => {
@@ -152,13 +191,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             )
         }
     };
-    let engine = Engine::new(
-        store.clone(),
-        broker,
-        config.node_id,
-        config.messages.clone(),
-        config.topics.clone(),
-    );
+    let push = crate::push::fallback::Fallback::start(store.clone(), presence.clone(), pushers);
+    let engine = Engine::new(store.clone(), broker, presence.clone(), &config, push);
     let ingest = Ingest::start(&config.ingest, engine.clone(), config.messages.max_body)
         .context("message queue ingestion")?;
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
@@ -172,19 +206,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         started: Instant::now(),
         local_addr,
+        admission: Admission::new(&config.limits),
+        rates: RequestRates::new(&config.limits),
         shutting_down: AtomicBool::new(false),
         config,
     });
     tokio::spawn(sweep(state.clone()));
 
-    let app = Router::new()
-        .route("/ws", any(crate::transport::ws::protocol_ws))
-        .route("/websocket/{token}", any(crate::transport::ws::simple_ws))
-        .route("/sse", axum::routing::get(crate::transport::sse::sse))
-        .route("/poll", axum::routing::get(crate::transport::poll::poll))
-        .merge(crate::api::routes())
-        .layer(DefaultBodyLimit::max(state.config.messages.max_body))
-        .with_state(state.clone());
+    if state.config.connection.conformance_echo {
+        tracing::warn!("connection.conformance_echo is on: /conformance/echo echoes anyone");
+    }
+    let app = app(&state.config).with_state(state.clone());
 
     println!("mps listening on http://{local_addr}");
     println!(
@@ -204,17 +236,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%local_addr, node = %node, "mps serving");
 
     let stopping = state.clone();
-    axum::serve(
+    crate::listener::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        state.admission.clone(),
+        Duration::from_secs(state.config.limits.request_timeout),
+        async move {
+            shutdown_signal().await;
+            stopping.shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: closing connections");
+            stopping.hub.close_all(CloseReason::Shutdown);
+        },
     )
-    .with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        stopping.shutting_down.store(true, Ordering::Relaxed);
-        tracing::info!("shutting down: closing connections");
-        stopping.hub.close_all(CloseReason::Shutdown);
-    })
-    .await?;
+    .await;
 
     // Deliveries being sent are settled; the rest stay in their queues.
     state.ingest.stop(Duration::from_secs(5)).await;
@@ -223,8 +257,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     while hub.count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The disconnects of the shutdown are worth telling.
+    crate::webhooks::settle(Duration::from_secs(5)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP service, before state: every route of [`crate::api::router`] (the one table, which
+/// the OpenAPI document is made from) and the layers around them. Routes are added there, never
+/// here.
+pub fn app(config: &Config) -> Router<Arc<ServerState>> {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let request_id = axum::http::HeaderName::from_static(crate::telemetry::REQUEST_ID);
+    let (router, _) = crate::api::router();
+    // The last layer is the outermost: the request id is set (when the caller sent none)
+    // before the request span is made, and copied onto the answer.
+    router
+        .layer(DefaultBodyLimit::max(config.messages.max_body))
+        .layer(axum::middleware::from_fn(crate::telemetry::count_responses))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(crate::telemetry::request_span),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
 /// Binds the listener with a deep accept backlog: a burst of reconnecting clients must not
@@ -261,16 +317,21 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Marks expired recipients and deletes old expired records, periodically.
+/// Marks expired recipients, deletes old expired records, trims topic logs and removes device
+/// registrations not refreshed for `push.expire_after`, periodically.
 async fn sweep(state: Arc<ServerState>) {
     let every = Duration::from_secs(state.config.messages.sweep_interval.max(1));
     let keep = (state.config.messages.keep_expired as i64).saturating_mul(1000);
+    let device_life = (state.config.push.expire_after as i64).saturating_mul(1000);
     loop {
         tokio::time::sleep(every).await;
         let now = crate::id::now_ms() as i64;
-        match state.engine.store().sweep(now, keep).await {
+        let report = crate::webhooks::expired_room();
+        match state.engine.store().sweep(now, keep, report).await {
             Ok(swept) => {
                 metrics::counter!("mps_expired_total").increment(swept.expired);
+                let unlisted = swept.expired.saturating_sub(swept.reported.len() as u64);
+                crate::webhooks::expired(&swept.reported, if report > 0 { unlisted } else { 0 });
                 if swept.expired + swept.deleted > 0 {
                     tracing::info!(
                         expired = swept.expired,
@@ -285,6 +346,23 @@ async fn sweep(state: Arc<ServerState>) {
             Ok(0) => {}
             Ok(dropped) => tracing::info!(dropped, "trimmed topic logs"),
             Err(e) => tracing::warn!(error = %e, "trimming topic logs failed"),
+        }
+        match state
+            .engine
+            .store()
+            .expire_devices(now.saturating_sub(device_life))
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => {
+                metrics::counter!("mps_devices_removed_total", "reason" => "expired")
+                    .increment(removed);
+                tracing::info!(
+                    removed,
+                    "expired device registrations not refreshed in time"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring device registrations failed"),
         }
     }
 }

@@ -3,13 +3,16 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
 
+/// Logs to stderr: one line per event, as text or (`log.format = "json"`) one JSON object per
+/// line whose event fields are top-level keys, with the request span's fields (`request_id`,
+/// `method`, `path`) under `span`.
 pub fn init_logs(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
@@ -18,10 +21,38 @@ pub fn init_logs(config: &LogConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if config.format.eq_ignore_ascii_case("json") {
-        builder.json().try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Header carrying the request id, accepted from the caller or generated (a UUID).
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request id of a request, when it is a sane one: at most 128 visible ASCII characters
+/// (anything else a caller sends is not copied into the logs).
+pub fn request_id(headers: &axum::http::HeaderMap) -> Option<Box<str>> {
+    let id = headers.get(REQUEST_ID)?.to_str().ok()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| id.into())
+}
+
+/// The span of one HTTP request: method, path (never the query, which may hold a token) and
+/// request id; every log line of the request carries them.
+pub fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request_id(request.headers());
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        request_id = id.as_deref(),
+    )
 }
 
 /// Installs the process-wide metrics recorder and describes every metric mps records.
@@ -34,12 +65,23 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .set_buckets_for_metric(
+            Matcher::Full("mps_store_seconds".into()),
+            &[
+                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ],
+        )?
+        .set_buckets_for_metric(
             Matcher::Full("mps_store_commit_batch".into()),
             &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 4096.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("mps_push_seconds".into()),
+            &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         )?
         .install_recorder()?;
     describe();
     hot();
+    preregister();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -50,11 +92,22 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Handles of the metrics recorded per delivery, looked up once instead of on every write.
+/// Handles of the metrics recorded per delivery or per connection, looked up once instead of on
+/// every write.
 pub struct Hot {
     pub frames_sent: Counter,
     pub directed_delivered: Counter,
+    /// Frames not queued on a connection: its queue overflowed, or it was closing.
+    pub queue_dropped: Counter,
+    /// `mps_connections{transport, agent}`, one per [`TRANSPORTS`] × [`AGENTS`].
+    connections: Vec<Gauge>,
 }
+
+/// Transports of `mps_connections` (as in `GET /api/v1/clients`).
+pub const TRANSPORTS: [&str; 4] = ["websocket", "websocket-simple", "sse", "poll"];
+/// Agents of `mps_connections`; any other agent is counted as `other`, so that clients cannot
+/// grow the number of series.
+pub const AGENTS: [&str; 5] = ["bs", "cs", "ios", "android", "other"];
 
 /// The per-delivery metric handles (resolved against the recorder on first use, which is after
 /// [`init_metrics`] in a running server).
@@ -63,12 +116,130 @@ pub fn hot() -> &'static Hot {
     HOT.get_or_init(|| Hot {
         frames_sent: metrics::counter!("mps_frames_sent_total"),
         directed_delivered: metrics::counter!("mps_directed_delivered_total"),
+        queue_dropped: metrics::counter!("mps_queue_dropped_total"),
+        connections: TRANSPORTS
+            .iter()
+            .flat_map(|t| {
+                AGENTS.iter().map(
+                    move |a| metrics::gauge!("mps_connections", "transport" => *t, "agent" => *a),
+                )
+            })
+            .collect(),
     })
+}
+
+impl Hot {
+    /// The live-connections gauge of a transport and agent.
+    pub fn connections(&self, transport: &str, agent: &str) -> &Gauge {
+        let t = TRANSPORTS.iter().position(|t| *t == transport).unwrap_or(0);
+        let a = AGENTS
+            .iter()
+            .position(|a| *a == agent)
+            .unwrap_or(AGENTS.len() - 1);
+        &self.connections[t * AGENTS.len() + a]
+    }
+}
+
+/// Counts a WebSocket close the server sends, by code (`mps_ws_closes_total{code}`).
+pub fn count_close(code: u16) {
+    use mps_proto::close::*;
+    let label = match code {
+        NORMAL => "1000",
+        GOING_AWAY => "1001",
+        WS_PROTOCOL => "1002",
+        INVALID_UTF8 => "1007",
+        TOO_BIG => "1009",
+        INTERNAL => "1011",
+        PROTOCOL => "4400",
+        UNAUTHORIZED => "4401",
+        KICKED => "4403",
+        TIMEOUT => "4408",
+        TOO_MANY => "4429",
+        _ => "other",
+    };
+    metrics::counter!("mps_ws_closes_total", "code" => label).increment(1);
+}
+
+/// Middleware counting every HTTP answer by status (`mps_http_responses_total{status}`).
+pub async fn count_responses(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("mps_http_responses_total", "status" => status).increment(1);
+    response
+}
+
+/// The cluster's series, at zero from the moment a node joins (docs/metrics.md, `cluster`).
+pub fn preregister_cluster() {
+    for name in [
+        "mps_cluster_received_total",
+        "mps_cluster_publish_failures_total",
+        "mps_cluster_resubscribes_total",
+        "mps_cluster_resynced_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!("mps_cluster_subscribed").set(0.0);
+}
+
+/// Series whose labels are known in advance start at zero, so that dashboards and alerts see
+/// them before the first event.
+fn preregister() {
+    for class in ["directed", "topic", "component", "broadcast"] {
+        metrics::counter!("mps_messages_accepted_total", "class" => class).absolute(0);
+    }
+    for transport in ["websocket", "websocket-simple", "sse"] {
+        metrics::counter!("mps_logins_total", "transport" => transport).absolute(0);
+    }
+    for endpoint in ["ws", "websocket", "sse"] {
+        metrics::counter!("mps_upgrades_total", "endpoint" => endpoint).absolute(0);
+    }
+    for limit in crate::limits::Limit::ALL {
+        metrics::counter!("mps_limit_rejections_total", "limit" => limit.label()).absolute(0);
+    }
+    for name in [
+        "mps_messages_duplicates_total",
+        "mps_deliveries_queued_total",
+        "mps_acks_total",
+        "mps_slow_consumer_disconnects_total",
+        "mps_heartbeat_timeouts_total",
+        "mps_expired_total",
+        "mps_polls_total",
+        "mps_topic_replayed_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
 }
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!("mps_connections", "Live client connections on this node");
+    describe_gauge!(
+        "mps_sockets_open",
+        "Accepted TCP connections open on this node (what the connection limits count), as of the scrape"
+    );
+    describe_gauge!(
+        "mps_connections",
+        "Live client connections on this node, by transport and agent"
+    );
+    describe_counter!(
+        "mps_queue_dropped_total",
+        "Frames not queued on a connection because its queue overflowed or it was closing"
+    );
+    describe_counter!(
+        "mps_ws_closes_total",
+        "WebSocket closes sent by the server, by close code"
+    );
+    describe_counter!("mps_http_responses_total", "HTTP answers, by status code");
+    describe_histogram!(
+        "mps_store_seconds",
+        "Duration of each store operation, by operation"
+    );
+    describe_counter!(
+        "mps_store_errors_total",
+        "Store operations that failed, by operation"
+    );
     describe_counter!(
         "mps_upgrades_total",
         "WebSocket upgrade requests, by endpoint"
@@ -80,6 +251,10 @@ fn describe() {
         "Rejected client or back-end input, by kind"
     );
     describe_counter!("mps_api_errors_total", "API error answers, by code");
+    describe_counter!(
+        "mps_limit_rejections_total",
+        "Connections, requests and frames refused by a limit, by limit (docs/security.md)"
+    );
     describe_counter!(
         "mps_messages_accepted_total",
         "Messages accepted, by delivery class"
@@ -108,4 +283,104 @@ fn describe() {
     );
     describe_histogram!("mps_store_commit_seconds", "Duration of one store commit");
     describe_histogram!("mps_store_commit_batch", "Writes folded into one commit");
+    describe_counter!(
+        "mps_webhook_events_total",
+        "Webhook events, by webhook and result (sent, failed after retries or a refusal, dropped because the queue was full)"
+    );
+    describe_counter!(
+        "mps_webhook_requests_total",
+        "Webhook requests, by webhook and outcome (ok, retry, refused)"
+    );
+    describe_gauge!("mps_webhook_queue", "Webhook events waiting, by webhook");
+    describe_counter!(
+        "mps_push_total",
+        "Vendor pushes settled, by way (apns, fcm, webpush) and outcome (sent, gone, failed)"
+    );
+    describe_histogram!(
+        "mps_push_seconds",
+        "Duration of one request to a push vendor, by way"
+    );
+    describe_counter!(
+        "mps_push_retries_total",
+        "Vendor push attempts retried after a temporary failure, by way"
+    );
+    describe_counter!(
+        "mps_push_credentials_total",
+        "Vendor credentials signed or fetched (APNs provider tokens, FCM access tokens, VAPID tokens), by way"
+    );
+}
+
+/// Running totals of this node's main counters, for `GET /api/v1/stats` and the console's
+/// rates. Read from the Prometheus text, so they are exactly what `/metrics` shows.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Totals {
+    /// Messages accepted, every class (`mps_messages_accepted_total`).
+    pub messages: u64,
+    /// Push frames written to clients (`mps_frames_sent_total`).
+    pub deliveries: u64,
+    /// Directed messages written to a connection (`mps_directed_delivered_total`).
+    pub directed_delivered: u64,
+    /// Recipients moved to acked (`mps_acks_total`).
+    pub acks: u64,
+    /// API error answers (`mps_api_errors_total`).
+    pub api_errors: u64,
+    /// Rejected client or back-end input (`mps_bad_input_total`); a refused API call counts
+    /// here and in `api_errors`.
+    pub bad_input: u64,
+    /// Sessions opened (`mps_logins_total`).
+    pub logins: u64,
+    /// Sessions ended (`mps_disconnects_total`).
+    pub disconnects: u64,
+}
+
+impl Totals {
+    /// Sums each counter over its labels in Prometheus text.
+    pub fn from_prometheus(text: &str) -> Totals {
+        let mut totals = Totals::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            let field = match name {
+                "mps_messages_accepted_total" => &mut totals.messages,
+                "mps_frames_sent_total" => &mut totals.deliveries,
+                "mps_directed_delivered_total" => &mut totals.directed_delivered,
+                "mps_acks_total" => &mut totals.acks,
+                "mps_api_errors_total" => &mut totals.api_errors,
+                "mps_bad_input_total" => &mut totals.bad_input,
+                "mps_logins_total" => &mut totals.logins,
+                "mps_disconnects_total" => &mut totals.disconnects,
+                _ => continue,
+            };
+            if let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+                *field += value as u64;
+            }
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_each_counter_over_its_labels() {
+        let text = "# TYPE mps_messages_accepted_total counter\n\
+            mps_messages_accepted_total{class=\"directed\"} 3\n\
+            mps_messages_accepted_total{class=\"topic\"} 4\n\
+            mps_frames_sent_total 10\n\
+            mps_acks_total_other 99\n\
+            mps_api_errors_total{code=\"bad_json\"} 1\n\
+            mps_bad_input_total{kind=\"bad json\"} 2\n";
+        let totals = Totals::from_prometheus(text);
+        assert_eq!(
+            totals,
+            Totals {
+                messages: 7,
+                deliveries: 10,
+                api_errors: 1,
+                bad_input: 2,
+                ..Totals::default()
+            }
+        );
+    }
 }

@@ -21,6 +21,9 @@ pub struct Limits {
 }
 
 fn check_common(text: &str, what: &str, limits: Limits) -> Result<(), TopicError> {
+    if text.len() > limits.max_length {
+        crate::limits::rejected(crate::limits::Limit::TopicLength);
+    }
     if text.is_empty() || text.len() > limits.max_length {
         return Err(TopicError(format!(
             "{what} must be 1 to {} bytes",
@@ -31,6 +34,7 @@ fn check_common(text: &str, what: &str, limits: Limits) -> Result<(), TopicError
         return Err(TopicError(format!("{what} has control characters")));
     }
     if text.split('/').count() > limits.max_depth {
+        crate::limits::rejected(crate::limits::Limit::TopicDepth);
         return Err(TopicError(format!(
             "{what} has more than {} levels",
             limits.max_depth

@@ -547,3 +547,22 @@ async fn idempotency_keys_send_a_message_once_even_across_kill_9() {
         .unwrap();
     assert_eq!(records.total, 2, "each message recorded once");
 }
+
+/// A page far past the end is a bad query, not a store failure (its offset would overflow).
+#[tokio::test]
+async fn a_huge_page_number_is_a_bad_query() {
+    let server = Server::start();
+    for path in [
+        "/api/v1/messages?page=9223372036854775808",
+        "/api/v1/messages?page=1000000001&size=1000",
+        "/api/v1/devices?user=alice&page=18446744073709551615",
+    ] {
+        let answer = server.admin("GET", path).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+        assert_eq!(answer.error_code(), "bad_query", "{path}");
+    }
+    let answer = server
+        .admin("GET", "/api/v1/messages?page=1000000000&size=1000")
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}

@@ -7,6 +7,8 @@
 //! A missing service fails the test under `CI=true` and skips it (with the reason) elsewhere.
 
 mod common;
+#[path = "common/vendors.rs"]
+mod vendors;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -294,6 +296,17 @@ fn as_root() -> bool {
 
 /// Nodes `node1`, `node2`... (node ids 1, 2...) sharing one Redis and one store.
 fn start_nodes(count: u16, redis: Option<&str>, postgres: &str, prefix: &str) -> Vec<Server> {
+    start_configured_nodes(count, redis, postgres, prefix, None)
+}
+
+/// `start_nodes`, each node also given a TOML configuration file when `config` is set.
+fn start_configured_nodes(
+    count: u16,
+    redis: Option<&str>,
+    postgres: &str,
+    prefix: &str,
+    config: Option<&str>,
+) -> Vec<Server> {
     (1..=count)
         .map(|n| {
             let name = format!("node{n}");
@@ -310,7 +323,10 @@ fn start_nodes(count: u16, redis: Option<&str>, postgres: &str, prefix: &str) ->
             if let Some(redis) = redis {
                 env.push(("MPS_CLUSTER__REDIS_URL", redis));
             }
-            Server::with_env(&env)
+            match config {
+                Some(config) => Server::with_config(config, &env),
+                None => Server::with_env(&env),
+            }
         })
         .collect()
 }
@@ -792,4 +808,100 @@ fn serve_takes_the_cluster_flags() {
         "{text}"
     );
     assert!(text.contains("presence_ttl = 9"), "{text}");
+}
+
+/// Opens a push mode for `user` through `server`'s API.
+async fn register(server: &Server, user: &str, body: serde_json::Value) {
+    let token = server.token(user).await;
+    let r = server
+        .request(
+            "POST",
+            "/api/v1/devices",
+            Some(&format!("Bearer {token}")),
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vendor_fallback_skips_devices_online_on_another_node() {
+    let Some(redis) = shared_redis().await else {
+        return;
+    };
+    let Some(schema) = Schema::shared().await else {
+        return;
+    };
+    let vendors = vendors::Vendors::start().await;
+    let prefix = unique("mpsp");
+    let config = vendors.config();
+    let nodes = start_configured_nodes(2, Some(&redis), &schema.url, &prefix, Some(&config));
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let iphone = "ab".repeat(32);
+    // jill has an iPhone and a tablet registered; kim only a phone.
+    register(
+        a,
+        "jill",
+        serde_json::json!({"device": "iphone", "way": "apns", "token": iphone}),
+    )
+    .await;
+    register(
+        a,
+        "jill",
+        serde_json::json!({"device": "tablet", "way": "fcm", "token": "jill-tablet"}),
+    )
+    .await;
+    register(
+        b,
+        "kim",
+        serde_json::json!({"device": "phone", "way": "fcm", "token": "kim-phone"}),
+    )
+    .await;
+    // jill's iPhone holds a live connection to node B.
+    let token = b.token("jill").await;
+    let info = mps_client::proto::ClientInfo {
+        device: Some("iphone".into()),
+        ..client_info("jill", "ios", &[])
+    };
+    let mut jill = PushClient::open(&b.ws(), &token, info).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !listed(a).await.iter().any(|c| c.user == "jill") {
+        assert!(Instant::now() < deadline, "jill never showed up on node A");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A message sent to node A: node A's fallback asks the cluster who is online.
+    let sent = a
+        .api()
+        .send(&message(r#"{"text":"door open"}"#, Some(&["jill", "kim"])))
+        .await
+        .unwrap();
+    assert_eq!(jill.next_push(WAIT).await.unwrap().id, sent.id);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let record = a.api().message(&sent.id).await.unwrap();
+        let kim = record
+            .recipients
+            .unwrap()
+            .into_iter()
+            .find(|r| r.user == "kim");
+        if kim.is_some_and(|r| r.status == Status::Pushed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kim was never pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both offline devices were pushed in the same round; jill's online iPhone was not.
+    let mut fcm: Vec<String> = vendors
+        .fcm
+        .accepted()
+        .into_iter()
+        .map(|p| p.message["token"].as_str().unwrap().to_owned())
+        .collect();
+    fcm.sort();
+    assert_eq!(fcm, ["jill-tablet", "kim-phone"]);
+    assert!(vendors.apns.accepted().is_empty());
+    vendors.clean();
+    drop(nodes);
+    schema.drop().await;
 }

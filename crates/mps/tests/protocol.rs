@@ -51,16 +51,6 @@ async fn expect_refusal(ws: &mut RawWs, code: &str, seq: bool, close: u16) {
     assert_eq!(closed, close);
 }
 
-/// A GET with the headers of a WebSocket upgrade, written by hand.
-async fn upgrade_request(server: &Server, path: &str) -> HttpResponse {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    );
-    raw_http(&server.addr, &request).await
-}
-
 #[tokio::test]
 async fn simple_endpoint_refuses_bad_tokens_before_the_upgrade() {
     let server = Server::start();
@@ -72,7 +62,7 @@ async fn simple_endpoint_refuses_bad_tokens_before_the_upgrade() {
         (expired.as_str(), "token_expired"),
         (forged.as_str(), "invalid_token"),
     ] {
-        let answer = upgrade_request(&server, &format!("/websocket/{token}")).await;
+        let answer = server.upgrade_request(&format!("/websocket/{token}")).await;
         assert_eq!(answer.status, 401, "{token}: {answer:?}");
         assert!(answer.header("upgrade").is_none(), "{answer:?}");
         assert_eq!(answer.error_code(), code);
@@ -172,9 +162,9 @@ async fn malformed_or_unexpected_first_frames_are_refused_with_4400() {
         .unwrap();
     assert_eq!(until_close(&mut ws).await, (vec![], 4400));
 
-    // A way other than websocket, and a bad component set.
+    // A way that is neither websocket nor a vendor's, and a bad component set.
     let mut ws = raw_ws(&server.ws()).await;
-    let text = open_text(&token, "alice", "bs", &[]).replace("\"websocket\"", "\"apns\"");
+    let text = open_text(&token, "alice", "bs", &[]).replace("\"websocket\"", "\"sms\"");
     send_text(&mut ws, text).await;
     expect_refusal(&mut ws, "unsupported_way", true, 4400).await;
     let mut ws = raw_ws(&server.ws()).await;
@@ -413,4 +403,57 @@ async fn too_many_bad_frames_close_the_session_with_4400() {
         metrics.contains("mps_disconnects_total{reason=\"protocol_abuse\"}"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn websocket_framing_violations_are_closed_with_1002() {
+    let server = Server::start();
+    let reserved_bit = || {
+        let mut frame = WsFrame::message(
+            Bytes::from_static(br#"{"Type":5,"Seq":1}"#),
+            OpCode::Data(Data::Text),
+            true,
+        );
+        frame.header_mut().rsv1 = true;
+        WsMessage::Frame(frame)
+    };
+
+    let mut ws = server.open_raw("alice", "bs", &[]).await;
+    ws.send(reserved_bit()).await.unwrap();
+    assert_eq!(until_close(&mut ws).await, (vec![], 1002));
+    server.wait_clients("alice", 0).await;
+
+    let mut ws = raw_ws(&server.ws()).await;
+    ws.send(reserved_bit()).await.unwrap();
+    assert_eq!(until_close(&mut ws).await, (vec![], 1002));
+    still_serving_and_counted(&server, &["ws_protocol"]).await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let server = Server::start();
+    let mut ws = server.open_raw("alice", "bs", &[]).await;
+    ws.send(WsMessage::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    // The server's reply, not a dropped connection (1006).
+    assert_eq!(until_close(&mut ws).await, (vec![], 1000));
+    server.wait_clients("alice", 0).await;
+}
+
+#[tokio::test]
+async fn the_conformance_echo_is_only_there_when_configured() {
+    let server = Server::start();
+    let answer = server.upgrade_request("/conformance/echo").await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.error_code(), "not_found");
+
+    let server = Server::with_env(&[("MPS_CONNECTION__CONFORMANCE_ECHO", "true")]);
+    let mut ws = raw_ws(&format!("ws://{}/conformance/echo", server.addr)).await;
+    send_text(&mut ws, r#"{"echo":1}"#).await;
+    assert_eq!(next_json(&mut ws).await["echo"], 1);
 }

@@ -393,7 +393,8 @@ async fn sse_sends_pending_directed_messages_first_oldest_first() {
 
 #[tokio::test]
 async fn long_and_short_polls_wait_return_and_mark_directed_messages_once() {
-    let server = Server::start();
+    // The tight poll loop below is over the default per-user request rate (tested in limits.rs).
+    let server = Server::with_env(&[("MPS_LIMITS__CLIENT_RATE", "0")]);
     let api = server.api();
     let token = server.token("paula").await;
 

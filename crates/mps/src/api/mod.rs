@@ -1,11 +1,16 @@
-//! The HTTP API under `/api/v1`, plus `/healthz`, `/readyz` and `/metrics`. Handlers are thin:
+//! The HTTP API under `/api/v1`, plus `/healthz`, `/readyz`, `/metrics` and the OpenAPI document
+//! ([`openapi`]); [`router`] is the table of every route the server serves. Handlers are thin:
 //! they check credentials with an extractor, call the engine or the store, and map errors to
 //! JSON in one place ([`ApiError`]).
 
 mod clients;
+mod console;
+mod devices;
 mod messages;
+pub mod openapi;
 mod sdk;
 mod tokens;
+mod users;
 
 use std::sync::Arc;
 
@@ -14,9 +19,11 @@ use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use mps_proto::{ErrorBody, ErrorResponse};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{AuthError, Identity, bearer};
 use crate::engine::EngineError;
@@ -24,26 +31,48 @@ use crate::presence::PresenceError;
 use crate::server::ServerState;
 use crate::store::StoreError;
 
-/// Routes of the API; the caller adds state.
-pub fn routes() -> Router<Arc<ServerState>> {
-    Router::new()
-        .route("/api/v1/messages", post(messages::send).get(messages::list))
-        .route(
-            "/api/v1/messages/{id}",
-            get(messages::get_one).delete(messages::delete),
-        )
-        .route("/api/v1/collect", post(messages::collect))
-        .route("/api/v1/ack", post(messages::ack))
-        .route("/api/v1/clients", get(clients::list))
-        .route("/api/v1/clients/{id}/disconnect", post(clients::disconnect))
-        .route("/api/v1/tokens", post(tokens::issue))
-        .route("/api/v1/stats", get(clients::stats))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/sdk/mps.js", get(sdk::script))
-        .route("/sdk/mps.d.ts", get(sdk::types))
-        .route("/demo", get(sdk::demo))
+/// Every route the server serves, each registered together with its OpenAPI operation (the
+/// handler's `#[utoipa::path]`): the router and the document of `GET /api/openapi.json` come out
+/// of this one table. A route added here without `#[utoipa::path]` does not compile; one added
+/// to the router some other way fails the `openapi` test (docs/api.md, "Adding a route").
+pub fn router() -> (Router<Arc<ServerState>>, utoipa::openapi::OpenApi) {
+    use crate::transport::{echo, poll, sse, ws};
+    let (router, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(messages::send, messages::list))
+        .routes(routes!(messages::get_one, messages::delete))
+        .routes(routes!(messages::collect))
+        .routes(routes!(messages::ack))
+        .routes(routes!(clients::list))
+        .routes(routes!(clients::disconnect))
+        .routes(routes!(clients::stats))
+        .routes(routes!(tokens::issue))
+        .routes(routes!(devices::register, devices::remove, devices::list))
+        .routes(routes!(devices::logout))
+        .routes(routes!(devices::vapid_public_key))
+        .routes(routes!(users::get_tags, users::put_tags))
+        .routes(routes!(users::get_attributes, users::put_attributes))
+        .routes(routes!(users::get_preferences, users::put_preferences))
+        .routes(routes!(
+            users::get_my_preferences,
+            users::put_my_preferences
+        ))
+        .routes(routes!(ws::protocol_ws))
+        .routes(routes!(ws::simple_ws))
+        .routes(routes!(sse::sse))
+        .routes(routes!(poll::poll))
+        .routes(routes!(echo::echo))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi))
+        .routes(routes!(sdk::script))
+        .routes(routes!(sdk::types))
+        .routes(routes!(sdk::demo))
+        .routes(routes!(console::redirect))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
+        .split_for_parts();
+    let router = router
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -51,11 +80,37 @@ pub fn routes() -> Router<Arc<ServerState>> {
                 "method_not_allowed",
                 "this route does not take that method",
             )
-        })
+        });
+    (router, api)
 }
 
+/// Alive.
+///
+/// `200 ok` while the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process runs", content_type = "text/plain", body = String, example = "ok")),
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready to serve.
+///
 /// Ready while not shutting down, the store and broker answer (PostgreSQL and Redis in a
 /// cluster) and every configured message queue consumer is connected.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready"),
+        (status = 503, description = "Not ready: `shutting_down`, `store_unavailable`, \
+            `broker_unavailable` or `ingest_disconnected`", body = ErrorResponse),
+    ),
+)]
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     if state.shutting_down() {
         return ApiError::new(
@@ -82,8 +137,42 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     "ready".into_response()
 }
 
+/// Prometheus metrics.
+///
+/// Every metric, its labels and meaning: docs/metrics.md.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)),
+)]
 async fn metrics(State(state): State<Arc<ServerState>>) -> String {
+    metrics::gauge!("mps_sockets_open").set(state.admission.connections() as f64);
     state.metrics.render()
+}
+
+/// Most records one page holds, and the last page one may ask for (beyond it the offset would
+/// not fit the stores' 64-bit integers).
+const MAX_SIZE: u64 = 1000;
+const MAX_PAGE: u64 = 1_000_000_000;
+
+/// The page (default 1; 0 is taken as 1) and size (default 20) of a listing, checked.
+pub fn paging(page: Option<u64>, size: Option<u64>) -> Result<(u64, u64), ApiError> {
+    let size = size.unwrap_or(20);
+    if !(1..=MAX_SIZE).contains(&size) {
+        return Err(ApiError::invalid(
+            "bad_query",
+            format!("size must be 1 to {MAX_SIZE}"),
+        ));
+    }
+    let page = page.unwrap_or(1).max(1);
+    if page > MAX_PAGE {
+        return Err(ApiError::invalid(
+            "bad_query",
+            format!("page must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    Ok((page, size))
 }
 
 /// Every API error: an HTTP status and `{"error": {"code", "message"}}`.
@@ -92,6 +181,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds to wait before retrying (`Retry-After`), on refusals by a limit.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -100,7 +191,25 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: seconds` to the answer.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// 429 from a rate limit (counted under `limit`), retry after `wait`.
+    pub fn rate_limited(limit: crate::limits::Limit, wait: std::time::Duration) -> Self {
+        crate::limits::rejected(limit);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64)
     }
 
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
@@ -125,7 +234,13 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -138,11 +253,19 @@ impl From<AuthError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            e.to_string(),
-        )
+        match e {
+            StoreError::Full => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the server's disk is full; nothing was stored, retry later",
+            )
+            .retry_after(5),
+            e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            ),
+        }
     }
 }
 
@@ -166,6 +289,7 @@ impl From<EngineError> for ApiError {
                 "broker_unavailable",
                 e.to_string(),
             ),
+            EngineError::Presence(e) => e.into(),
         }
     }
 }
@@ -173,7 +297,10 @@ impl From<EngineError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         let (status, code) = match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                crate::limits::rejected(crate::limits::Limit::BodySize);
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -191,10 +318,35 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// A JSON body whose rejections are [`ApiError`]s.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body whose rejections are [`ApiError`]s. It must arrive within
+/// `limits.request_timeout` (a client dribbling its body is cut off with 408).
 pub struct Body<T>(pub T);
+
+impl<T> FromRequest<Arc<ServerState>> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<ServerState>,
+    ) -> Result<Self, ApiError> {
+        let deadline = std::time::Duration::from_secs(state.config.limits.request_timeout.max(1));
+        match tokio::time::timeout(deadline, Json::<T>::from_request(request, state)).await {
+            Ok(Ok(Json(body))) => Ok(Body(body)),
+            Ok(Err(rejection)) => Err(rejection.into()),
+            Err(_) => {
+                crate::limits::rejected(crate::limits::Limit::RequestTimeout);
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                ))
+            }
+        }
+    }
+}
 
 /// A query string whose rejections are [`ApiError`]s.
 #[derive(FromRequestParts)]
@@ -219,6 +371,7 @@ impl FromRequestParts<Arc<ServerState>> for Admin {
             crate::transport::count_bad_input("bad_admin_key");
             ApiError::from(e)
         })?;
+        state.admin_request()?;
         Ok(Admin)
     }
 }
@@ -243,6 +396,7 @@ impl FromRequestParts<Arc<ServerState>> for Client {
             crate::transport::count_bad_input(e.code());
             ApiError::from(e)
         })?;
+        state.client_request(&identity)?;
         Ok(Client(identity))
     }
 }

@@ -14,6 +14,16 @@ const CACHE: &str = "no-cache";
 /// Pages on any origin may import the SDK (a module script from another origin needs CORS).
 const ANY_ORIGIN: &str = "*";
 
+/// The browser SDK.
+///
+/// An ES module with no dependencies (docs/sdk.md); any origin may import it.
+#[utoipa::path(
+    get,
+    operation_id = "sdk_script",
+    path = "/sdk/mps.js",
+    tag = "sdk",
+    responses((status = 200, description = "The SDK", content_type = "text/javascript", body = String)),
+)]
 pub async fn script() -> impl IntoResponse {
     (
         [
@@ -25,6 +35,14 @@ pub async fn script() -> impl IntoResponse {
     )
 }
 
+/// The SDK's TypeScript declarations.
+#[utoipa::path(
+    get,
+    operation_id = "sdk_types",
+    path = "/sdk/mps.d.ts",
+    tag = "sdk",
+    responses((status = 200, description = "TypeScript declarations", content_type = "application/typescript", body = String)),
+)]
 pub async fn types() -> impl IntoResponse {
     (
         [
@@ -36,6 +54,18 @@ pub async fn types() -> impl IntoResponse {
     )
 }
 
+/// A demo page that shows messages as they arrive.
+#[utoipa::path(
+    get,
+    path = "/demo",
+    tag = "sdk",
+    params(
+        ("token" = Option<String>, Query, description = "Client token the page fills in"),
+        ("topics" = Option<String>, Query, description = "Comma-separated topic patterns the page fills in"),
+        ("components" = Option<String>, Query, description = "Comma-separated components the page fills in"),
+    ),
+    responses((status = 200, description = "HTML page", content_type = "text/html", body = String)),
+)]
 pub async fn demo() -> impl IntoResponse {
     (
         [

@@ -6,11 +6,30 @@ use axum::Json;
 use axum::extract::State;
 use mps_proto::{TokenRequest, TokenResponse};
 
+use super::openapi::{BadRequest, TooLarge, Unauthorized, UnsupportedMediaType};
 use super::{Admin, ApiError, Body};
 use crate::auth::DEFAULT_APP;
 use crate::engine::check_name;
 use crate::server::ServerState;
 
+/// Issue a client token.
+///
+/// Returned with the client-facing WebSocket URL of every network line (`[lines]`).
+#[utoipa::path(
+    post,
+    operation_id = "issue_token",
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    security(("admin_key" = [])),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The token and where clients connect with it", body = TokenResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    ),
+)]
 pub async fn issue(
     _: Admin,
     State(state): State<Arc<ServerState>>,

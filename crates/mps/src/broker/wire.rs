@@ -1,24 +1,30 @@
 //! What travels on the cluster's pub/sub channels: a small binary header followed by the push
-//! frame exactly as connections receive it (already encoded JSON), so a receiving node decodes
+//! frames exactly as connections receive them (already encoded JSON), so a receiving node decodes
 //! the header and shares the frame bytes with every local connection without re-encoding.
 //!
-//! Layout: version (1 byte), kind (1 byte; high bit: directed), origin (8 bytes), id (8 bytes),
-//! then app, key and agents as u16-length-prefixed UTF-8, then the frame. The key is the user,
-//! component or topic; agents are comma-joined (agent names cannot contain commas), empty for
-//! none. A `kick` carries the connection id in `id` and nothing else.
+//! Layout: version (1 byte), kind (1 byte; high bit: directed; next bit: the agents are
+//! excluded rather than the only ones), origin (8 bytes), id (8 bytes), then app, key, agents
+//! and component as u16-length-prefixed UTF-8, then the number of per-agent variants (u16) and
+//! each as its agent (u16-prefixed) and frame (u32-prefixed), then the default frame. The key is
+//! the user, component or topic; agents are comma-joined (agent names cannot contain commas),
+//! empty for none; the component is empty unless a live audience is restricted to one. A
+//! `kick` carries the connection id in `id` and nothing else.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::hub::{Envelope, Target};
+use crate::hub::{AgentFilter, Envelope, Target};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const DIRECTED: u8 = 0x80;
+const EXCEPT: u8 = 0x40;
+const FLAGS: u8 = DIRECTED | EXCEPT;
 const USER: u8 = 0;
 const COMPONENT: u8 = 1;
 const TOPIC: u8 = 2;
 const ALL: u8 = 3;
 const KICK: u8 = 4;
 const HEADER: usize = 18;
+const TEXTS: usize = 4;
 
 /// What a node receives on a channel.
 #[derive(Debug)]
@@ -46,20 +52,46 @@ pub fn encode_for_user(origin: u64, envelope: &Envelope, user: &str) -> Bytes {
 }
 
 fn encode_parts(origin: u64, envelope: &Envelope, kind: u8, key: &str) -> Bytes {
-    let agents = envelope
-        .agents
-        .as_ref()
-        .map(|a| a.join(","))
-        .unwrap_or_default();
+    let (agents, except) = match &envelope.agents {
+        AgentFilter::Any => (String::new(), false),
+        AgentFilter::Only(list) => (list.join(","), false),
+        AgentFilter::Except(list) => (list.join(","), true),
+    };
+    let component = envelope.component.as_deref().unwrap_or("");
+    let variants: usize = envelope
+        .variants
+        .iter()
+        .map(|(agent, frame)| 6 + agent.len() + frame.len())
+        .sum();
     let mut out = BytesMut::with_capacity(
-        HEADER + 6 + envelope.app.len() + key.len() + agents.len() + envelope.frame.len(),
+        HEADER
+            + 10
+            + envelope.app.len()
+            + key.len()
+            + agents.len()
+            + component.len()
+            + variants
+            + envelope.frame.len(),
     );
     out.put_u8(VERSION);
-    out.put_u8(kind | if envelope.directed { DIRECTED } else { 0 });
+    let mut flags = 0;
+    if envelope.directed {
+        flags |= DIRECTED;
+    }
+    if except {
+        flags |= EXCEPT;
+    }
+    out.put_u8(kind | flags);
     out.put_u64(origin);
     out.put_u64(envelope.id);
-    for text in [envelope.app.as_str(), key, agents.as_str()] {
+    for text in [envelope.app.as_str(), key, agents.as_str(), component] {
         put_str(&mut out, text);
+    }
+    out.put_u16(envelope.variants.len().min(u16::MAX as usize) as u16);
+    for (agent, frame) in envelope.variants.iter().take(u16::MAX as usize) {
+        put_str(&mut out, agent);
+        out.put_u32(frame.len() as u32);
+        out.put_slice(frame);
     }
     out.put_slice(&envelope.frame);
     out.freeze()
@@ -67,14 +99,15 @@ fn encode_parts(origin: u64, envelope: &Envelope, kind: u8, key: &str) -> Bytes 
 
 /// Encodes the request to close connection `conn_id`.
 pub fn encode_kick(origin: u64, conn_id: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(HEADER + 6);
+    let mut out = BytesMut::with_capacity(HEADER + 10);
     out.put_u8(VERSION);
     out.put_u8(KICK);
     out.put_u64(origin);
     out.put_u64(conn_id);
-    for _ in 0..3 {
+    for _ in 0..TEXTS {
         put_str(&mut out, "");
     }
+    out.put_u16(0);
     out.freeze()
 }
 
@@ -85,6 +118,18 @@ fn put_str(out: &mut BytesMut, text: &str) {
     out.put_slice(&text.as_bytes()[..len]);
 }
 
+/// Takes a u16-length-prefixed string off the front of `rest`.
+fn take_str(rest: &mut Bytes) -> Option<String> {
+    if rest.len() < 2 {
+        return None;
+    }
+    let len = rest.get_u16() as usize;
+    if rest.len() < len {
+        return None;
+    }
+    String::from_utf8(rest.split_to(len).to_vec()).ok()
+}
+
 /// Decodes what `encode` or `encode_kick` produced; `None` for anything else.
 pub fn decode(payload: Bytes) -> Option<Received> {
     if payload.len() < HEADER || payload[0] != VERSION {
@@ -93,18 +138,28 @@ pub fn decode(payload: Bytes) -> Option<Received> {
     let kind = payload[1];
     let origin = u64::from_be_bytes(payload[2..10].try_into().ok()?);
     let id = u64::from_be_bytes(payload[10..18].try_into().ok()?);
-    let mut at = HEADER;
-    let mut texts = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let len = u16::from_be_bytes(payload.get(at..at + 2)?.try_into().ok()?) as usize;
-        let text = std::str::from_utf8(payload.get(at + 2..at + 2 + len)?).ok()?;
-        texts.push(text.to_owned());
-        at += 2 + len;
+    let mut rest = payload.slice(HEADER..);
+    let app = take_str(&mut rest)?;
+    let key = take_str(&mut rest)?;
+    let agents = take_str(&mut rest)?;
+    let component = take_str(&mut rest)?;
+    if rest.len() < 2 {
+        return None;
     }
-    let agents = texts.pop().unwrap_or_default();
-    let key = texts.pop().unwrap_or_default();
-    let app = texts.pop().unwrap_or_default();
-    let target = match kind & !DIRECTED {
+    let count = rest.get_u16() as usize;
+    let mut variants = Vec::with_capacity(count.min(16));
+    for _ in 0..count {
+        let agent = take_str(&mut rest)?;
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = rest.get_u32() as usize;
+        if rest.len() < len {
+            return None;
+        }
+        variants.push((agent, rest.split_to(len)));
+    }
+    let target = match kind & !FLAGS {
         USER => Target::Users(vec![key]),
         COMPONENT => Target::Component(key),
         TOPIC => Target::Topic(key),
@@ -112,15 +167,23 @@ pub fn decode(payload: Bytes) -> Option<Received> {
         KICK => return Some(Received::Kick(id)),
         _ => return None,
     };
+    let list = || agents.split(',').map(str::to_owned).collect();
+    let agents = match (agents.is_empty(), kind & EXCEPT != 0) {
+        (true, _) => AgentFilter::Any,
+        (false, false) => AgentFilter::Only(list()),
+        (false, true) => AgentFilter::Except(list()),
+    };
     Some(Received::Envelope {
         origin,
         envelope: Envelope {
             app,
             target,
-            agents: (!agents.is_empty()).then(|| agents.split(',').map(str::to_owned).collect()),
+            agents,
+            component: (!component.is_empty()).then_some(component),
             id,
             directed: kind & DIRECTED != 0,
-            frame: payload.slice(at..),
+            frame: rest,
+            variants,
         },
     })
 }
@@ -133,10 +196,12 @@ mod tests {
         Envelope {
             app: "default".into(),
             target,
-            agents,
+            agents: AgentFilter::only(agents),
+            component: None,
             id: 0x0102_0304_0506_0708,
             directed,
             frame: Bytes::from_static(br#"{"Type":3,"Message":{"id":"1"}}"#),
+            variants: Vec::new(),
         }
     }
 
@@ -151,6 +216,8 @@ mod tests {
         assert_eq!(envelope.id, sent.id);
         assert_eq!(envelope.directed, sent.directed);
         assert_eq!(envelope.frame, sent.frame);
+        assert_eq!(envelope.component, sent.component);
+        assert_eq!(envelope.variants, sent.variants);
     }
 
     #[test]
@@ -163,6 +230,15 @@ mod tests {
         round_trip(envelope(Target::Component("esbm".into()), None, false));
         round_trip(envelope(Target::Topic("alarms/site1".into()), None, false));
         round_trip(envelope(Target::All, Some(vec!["cs".into()]), false));
+        round_trip(Envelope {
+            agents: AgentFilter::Except(vec!["cs".into(), "bs".into()]),
+            component: Some("esbm".into()),
+            variants: vec![
+                ("ios".into(), Bytes::from_static(br#"{"Type":3,"ios":1}"#)),
+                ("android".into(), Bytes::from_static(b"{}")),
+            ],
+            ..envelope(Target::Users(vec!["bob".into()]), None, false)
+        });
         assert!(matches!(
             decode(encode_kick(1, 77)),
             Some(Received::Kick(77))

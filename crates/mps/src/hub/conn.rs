@@ -97,6 +97,15 @@ impl Conn {
         self.subscriptions.lock().clone()
     }
 
+    /// Whether the connection's component set includes `component`.
+    pub fn subscribed_to(&self, component: &str) -> bool {
+        self.subscriptions
+            .lock()
+            .components
+            .iter()
+            .any(|c| c == component)
+    }
+
     pub(super) fn set_subscriptions(&self, subscriptions: Subscriptions) -> Subscriptions {
         std::mem::replace(&mut *self.subscriptions.lock(), subscriptions)
     }
@@ -106,13 +115,19 @@ impl Conn {
     pub fn push(&self, out: Outbound) -> bool {
         let mut outbox = self.outbox.lock();
         if outbox.closing.is_some() {
+            drop(outbox);
+            crate::telemetry::hot().queue_dropped.increment(1);
             return false;
         }
         if outbox.queue.len() >= self.capacity {
             outbox.closing = Some(CloseReason::SlowConsumer);
+            // The queued frames and this one; directed ones stay pending in the store.
+            let dropped = outbox.queue.len() as u64 + 1;
             outbox.queue = VecDeque::new();
             drop(outbox);
+            crate::telemetry::hot().queue_dropped.increment(dropped);
             metrics::counter!("mps_slow_consumer_disconnects_total").increment(1);
+            crate::limits::rejected(crate::limits::Limit::OutboundQueue);
             self.wake.notify_one();
             self.close_asked.notify_waiters();
             return false;

@@ -32,18 +32,59 @@ pub enum Target {
     All,
 }
 
+/// Which agents' connections a message is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AgentFilter {
+    #[default]
+    Any,
+    /// Only connections of these agents.
+    Only(Vec<String>),
+    /// Connections of every agent but these.
+    Except(Vec<String>),
+}
+
+impl AgentFilter {
+    /// The filter of a message's `agents` field.
+    pub fn only(agents: Option<Vec<String>>) -> Self {
+        agents.map_or(AgentFilter::Any, AgentFilter::Only)
+    }
+
+    pub fn admits(&self, agent: &str) -> bool {
+        match self {
+            AgentFilter::Any => true,
+            AgentFilter::Only(list) => list.iter().any(|a| a == agent),
+            AgentFilter::Except(list) => !list.iter().any(|a| a == agent),
+        }
+    }
+}
+
 /// A message on its way to connections: what the broker carries between nodes.
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub app: String,
     pub target: Target,
-    /// Only connections of these agents.
-    pub agents: Option<Vec<String>>,
+    pub agents: AgentFilter,
+    /// With [`Target::Users`]: only those users' connections subscribed to this component (a
+    /// live audience of a component message).
+    pub component: Option<String>,
     pub id: u64,
     /// Directed messages have their delivery recorded per recipient.
     pub directed: bool,
     /// The encoded push frame, shared by every connection it goes to.
     pub frame: Bytes,
+    /// The frames of agents whose clients get another shape (per-agent formats), each encoded
+    /// once and shared by every connection of that agent.
+    pub variants: Vec<(String, Bytes)>,
+}
+
+impl Envelope {
+    /// The frame a connection of `agent` gets.
+    pub fn frame_for(&self, agent: &str) -> &Bytes {
+        self.variants
+            .iter()
+            .find(|(a, _)| a == agent)
+            .map_or(&self.frame, |(_, frame)| frame)
+    }
 }
 
 /// A change of this node's connections, for observers.
@@ -124,11 +165,18 @@ struct Registry {
     by_id: HashMap<u64, Arc<Conn>>,
 }
 
+/// A user already has as many connections on this node as `limits.connections_per_user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserFull(pub usize);
+
 pub struct Hub {
     node: Arc<str>,
     node_id: u16,
     next_id: AtomicU64,
     queue: usize,
+    /// Most connections of one user on this node (0: no limit); checked under the write lock
+    /// that adds the connection, so concurrent logins cannot overshoot it.
+    per_user: usize,
     registry: RwLock<Registry>,
     /// Told of every change, in order (empty on a single node).
     observers: Vec<UnboundedSender<HubEvent>>,
@@ -142,9 +190,16 @@ impl Hub {
             node_id,
             next_id: AtomicU64::new((u64::from(node_id) << CONN_ID_BITS) | 1),
             queue: queue.max(1),
+            per_user: 0,
             registry: RwLock::new(Registry::default()),
             observers: Vec::new(),
         }
+    }
+
+    /// Limits the connections of one user on this node (0: no limit).
+    pub fn with_user_limit(mut self, per_user: usize) -> Self {
+        self.per_user = per_user;
+        self
     }
 
     /// Adds an observer of connection changes.
@@ -167,11 +222,25 @@ impl Hub {
         }
     }
 
-    /// Adds a connection; it receives fan-out from now on.
-    pub fn register(&self, info: ConnInfo, subscriptions: Subscriptions) -> Arc<Conn> {
+    /// Adds a connection; it receives fan-out from now on. Refused when its user already has
+    /// as many connections on this node as the limit.
+    pub fn register(
+        &self,
+        info: ConnInfo,
+        subscriptions: Subscriptions,
+    ) -> Result<Arc<Conn>, UserFull> {
+        let mut registry = self.registry.write();
+        if self.per_user > 0
+            && registry
+                .apps
+                .get(&info.app)
+                .and_then(|app| app.users.get(&info.user))
+                .is_some_and(|conns| conns.len() >= self.per_user)
+        {
+            return Err(UserFull(self.per_user));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(id, info, self.queue, subscriptions.clone()));
-        let mut registry = self.registry.write();
         let app = registry.apps.entry(conn.info.app.clone()).or_default();
         let first_of_app = app.all.is_empty();
         app.all.insert(id, conn.clone());
@@ -180,7 +249,9 @@ impl Hub {
         user.push(conn.clone());
         app.index(&conn, &subscriptions);
         registry.by_id.insert(id, conn.clone());
-        metrics::gauge!("mps_connections").increment(1.0);
+        crate::telemetry::hot()
+            .connections(conn.info.transport, &conn.info.agent)
+            .increment(1.0);
         if !self.observers.is_empty() {
             self.notify(HubEvent::Connected {
                 conn: conn.clone(),
@@ -188,7 +259,7 @@ impl Hub {
                 first_of_app,
             });
         }
-        conn
+        Ok(conn)
     }
 
     pub fn unregister(&self, conn: &Conn) {
@@ -212,7 +283,9 @@ impl Hub {
                 last_of_app = true;
             }
         }
-        metrics::gauge!("mps_connections").decrement(1.0);
+        crate::telemetry::hot()
+            .connections(conn.info.transport, &conn.info.agent)
+            .decrement(1.0);
         if !self.observers.is_empty() {
             self.notify(HubEvent::Disconnected {
                 conn: removed,
@@ -243,14 +316,18 @@ impl Hub {
         let Some(app) = registry.apps.get(envelope.app.as_str()) else {
             return 0;
         };
-        let agents = envelope.agents.as_deref();
         let mut queued = 0;
         let mut offer = |conn: &Arc<Conn>| {
-            if agents.is_some_and(|agents| !agents.iter().any(|a| *a == *conn.info.agent)) {
+            if !envelope.agents.admits(&conn.info.agent) {
+                return;
+            }
+            if let Some(component) = &envelope.component
+                && !conn.subscribed_to(component)
+            {
                 return;
             }
             let out = Outbound {
-                frame: envelope.frame.clone(),
+                frame: envelope.frame_for(&conn.info.agent).clone(),
                 id: envelope.id,
                 directed: envelope.directed,
             };
@@ -302,6 +379,27 @@ impl Hub {
         queued
     }
 
+    /// The device ids of these users' connections on this node: (user, device) pairs, once each.
+    /// Connections that gave no device id are not counted.
+    pub fn online_devices(&self, app: &str, users: &[String]) -> Vec<(String, String)> {
+        let registry = self.registry.read();
+        let Some(app) = registry.apps.get(app) else {
+            return Vec::new();
+        };
+        let mut online: Vec<(String, String)> = users
+            .iter()
+            .filter_map(|user| app.users.get(user.as_str()).map(|list| (user, list)))
+            .flat_map(|(user, list)| {
+                list.iter()
+                    .filter_map(|c| c.info.device.as_deref())
+                    .map(|device| (user.clone(), device.to_owned()))
+            })
+            .collect();
+        online.sort();
+        online.dedup();
+        online
+    }
+
     /// The connections of this node, oldest first.
     pub fn list(&self) -> Vec<Arc<Conn>> {
         let mut list: Vec<_> = self.registry.read().by_id.values().cloned().collect();
@@ -346,10 +444,12 @@ mod tests {
         Envelope {
             app: app.into(),
             target,
-            agents,
+            agents: AgentFilter::only(agents),
+            component: None,
             id: 1,
             directed: false,
             frame: Bytes::from_static(b"{}"),
+            variants: Vec::new(),
         }
     }
 
@@ -370,12 +470,18 @@ mod tests {
     #[test]
     fn routes_topics_by_pattern_once_per_connection() {
         let hub = Hub::new("n1", 0, 8);
-        let wide = hub.register(
-            info("default", "a", "bs"),
-            topics(&["alarms/#", "alarms/+/r1"]),
-        );
-        let narrow = hub.register(info("default", "b", "bs"), topics(&["alarms/s1/r1"]));
-        let other = hub.register(info("default", "c", "bs"), topics(&["news/#"]));
+        let wide = hub
+            .register(
+                info("default", "a", "bs"),
+                topics(&["alarms/#", "alarms/+/r1"]),
+            )
+            .unwrap();
+        let narrow = hub
+            .register(info("default", "b", "bs"), topics(&["alarms/s1/r1"]))
+            .unwrap();
+        let other = hub
+            .register(info("default", "c", "bs"), topics(&["news/#"]))
+            .unwrap();
         let to = |t: &str| envelope("default", Target::Topic(t.into()), None);
         assert_eq!(hub.deliver(&to("alarms/s1/r1")), 2);
         assert_eq!(hub.deliver(&to("alarms/s2")), 1);
@@ -394,10 +500,18 @@ mod tests {
     #[test]
     fn routes_by_user_component_agent_and_app() {
         let hub = Hub::new("n1", 0, 8);
-        let a_bs = hub.register(info("default", "alice", "bs"), components(&["esbm"]));
-        let a_ios = hub.register(info("default", "alice", "ios"), components(&[]));
-        let b = hub.register(info("default", "bob", "cs"), components(&["esbm"]));
-        let other = hub.register(info("oa", "alice", "bs"), components(&["esbm"]));
+        let a_bs = hub
+            .register(info("default", "alice", "bs"), components(&["esbm"]))
+            .unwrap();
+        let a_ios = hub
+            .register(info("default", "alice", "ios"), components(&[]))
+            .unwrap();
+        let b = hub
+            .register(info("default", "bob", "cs"), components(&["esbm"]))
+            .unwrap();
+        let other = hub
+            .register(info("oa", "alice", "bs"), components(&["esbm"]))
+            .unwrap();
 
         let to_alice = envelope("default", Target::Users(vec!["alice".into()]), None);
         assert_eq!(hub.deliver(&to_alice), 2);
@@ -429,10 +543,76 @@ mod tests {
     }
 
     #[test]
+    fn a_user_gets_at_most_the_limit_of_connections() {
+        let hub = Hub::new("n1", 0, 8).with_user_limit(2);
+        let first = hub.register(info("default", "alice", "bs"), components(&[]));
+        let _second = hub.register(info("default", "alice", "ios"), components(&[]));
+        assert_eq!(
+            hub.register(info("default", "alice", "cs"), components(&[]))
+                .err(),
+            Some(UserFull(2))
+        );
+        assert!(
+            hub.register(info("oa", "alice", "bs"), components(&[]))
+                .is_ok()
+        );
+        assert!(
+            hub.register(info("default", "bob", "bs"), components(&[]))
+                .is_ok()
+        );
+        hub.unregister(&first.unwrap());
+        assert!(
+            hub.register(info("default", "alice", "cs"), components(&[]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn variants_exceptions_and_component_restriction() {
+        let hub = Hub::new("n1", 0, 8);
+        let bs = hub
+            .register(info("default", "alice", "bs"), components(&["esbm"]))
+            .unwrap();
+        let ios = hub
+            .register(info("default", "alice", "ios"), components(&[]))
+            .unwrap();
+        let cs = hub
+            .register(info("default", "bob", "cs"), components(&["esbm"]))
+            .unwrap();
+        let users = Target::Users(vec!["alice".into(), "bob".into()]);
+        let mut to_all = envelope("default", users.clone(), None);
+        to_all.variants = vec![("ios".into(), Bytes::from_static(b"{\"ios\":1}"))];
+        assert_eq!(hub.deliver(&to_all), 3);
+        let frames = |conn: &Arc<Conn>| {
+            let mut out = Vec::new();
+            conn.drain(&mut out);
+            out.into_iter().map(|o| o.frame).collect::<Vec<_>>()
+        };
+        assert_eq!(frames(&ios), [Bytes::from_static(b"{\"ios\":1}")]);
+        assert_eq!(frames(&bs), [Bytes::from_static(b"{}")]);
+        let not_cs = Envelope {
+            agents: AgentFilter::Except(vec!["cs".into()]),
+            ..envelope("default", users.clone(), None)
+        };
+        assert_eq!(hub.deliver(&not_cs), 2);
+        let esbm_only = Envelope {
+            component: Some("esbm".into()),
+            ..envelope("default", users, None)
+        };
+        assert_eq!(hub.deliver(&esbm_only), 2);
+        assert_eq!(frames(&ios).len(), 1, "not subscribed to esbm");
+        assert_eq!(frames(&cs).len(), 2, "to_all and esbm_only, not not_cs");
+    }
+
+    #[test]
     fn a_full_queue_closes_only_that_connection() {
         let hub = Hub::new("n1", 0, 2);
-        let slow = hub.register(info("default", "slow", "bs"), components(&[]));
-        let fast = hub.register(info("default", "fast", "bs"), components(&[]));
+        let slow = hub
+            .register(info("default", "slow", "bs"), components(&[]))
+            .unwrap();
+        let fast = hub
+            .register(info("default", "fast", "bs"), components(&[]))
+            .unwrap();
         let all = envelope("default", Target::All, None);
         hub.deliver(&all);
         hub.deliver(&all);
@@ -447,8 +627,12 @@ mod tests {
     fn ids_carry_the_node_and_observers_see_first_and_last() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let hub = Hub::new("n7", 7, 8).with_observer(tx);
-        let a = hub.register(info("default", "alice", "bs"), components(&[]));
-        let b = hub.register(info("default", "alice", "ios"), components(&[]));
+        let a = hub
+            .register(info("default", "alice", "bs"), components(&[]))
+            .unwrap();
+        let b = hub
+            .register(info("default", "alice", "ios"), components(&[]))
+            .unwrap();
         assert_eq!(node_of(a.id), 7);
         assert_ne!(a.id, b.id);
         hub.set_subscriptions(&a, components(&["esbm"]));

@@ -398,6 +398,7 @@ impl Worker {
 /// The message a body holds, with the envelope's hints where the body is silent.
 fn parse(body: &[u8], hints: Hints, max_body: usize) -> Result<SendMessage, Rejection> {
     if body.len() > max_body {
+        crate::limits::rejected(crate::limits::Limit::BodySize);
         return Err(Rejection::new(
             "too_large",
             format!(

@@ -5,6 +5,7 @@
 
 pub mod redis;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -25,6 +26,14 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Closes a client on whichever node holds it; false when there is no such client.
     async fn disconnect(&self, id: &str) -> Result<bool, PresenceError>;
+
+    /// The devices of these users that hold a live connection on any node, as (user, device)
+    /// pairs (the `device` id the connections gave). The vendor fallback skips them.
+    async fn online_devices(
+        &self,
+        app: &str,
+        users: &[String],
+    ) -> Result<HashSet<(String, String)>, PresenceError>;
 }
 
 /// How a connection is listed.
@@ -80,5 +89,13 @@ impl Presence for LocalPresence {
 
     async fn disconnect(&self, id: &str) -> Result<bool, PresenceError> {
         Ok(id.parse().is_ok_and(|id| self.disconnect_now(id)))
+    }
+
+    async fn online_devices(
+        &self,
+        app: &str,
+        users: &[String],
+    ) -> Result<HashSet<(String, String)>, PresenceError> {
+        Ok(self.hub.online_devices(app, users).into_iter().collect())
     }
 }

@@ -1,7 +1,8 @@
 //! The cluster-wide registry of online clients in Redis.
 //!
-//! Each node keeps one hash of its clients (`P:clients:{node_id}`, id → the listed JSON) and
-//! its score in `P:nodes` (when its entries expire). Connections and disconnections are written
+//! Each node keeps one hash of its clients (`P:clients:{node_id}`, id → the listed JSON), one
+//! of its users' online device ids (`P:devices:{node_id}`, for the vendor fallback) and its
+//! score in `P:nodes` (when its entries expire). Connections and disconnections are written
 //! as they happen; every third of `cluster.presence_ttl` the node pushes the expiry forward.
 //! A crashed node stops refreshing, so its hash expires and its clients leave the list within
 //! the TTL. A node rewrites its whole hash when it starts (dropping what its previous life
@@ -10,6 +11,7 @@
 //! A disconnect for a client of another node is published on that node's control channel;
 //! the node's broker closes the connection.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +49,7 @@ impl RedisPresence {
             cluster: cluster.clone(),
             hub: hub.clone(),
             key: cluster.clients_key(cluster.node_id),
+            devices_key: cluster.devices_key(cluster.node_id),
             ttl: ttl.max(1),
             dirty: true,
         };
@@ -112,6 +115,57 @@ impl Presence for RedisPresence {
         .map_err(unavailable)?;
         Ok(receivers > 0)
     }
+
+    async fn online_devices(
+        &self,
+        app: &str,
+        users: &[String],
+    ) -> Result<HashSet<(String, String)>, PresenceError> {
+        // This node's own connections from the hub: fresher than what it wrote to Redis.
+        let mut online: HashSet<(String, String)> = self
+            .local
+            .hub
+            .online_devices(app, users)
+            .into_iter()
+            .collect();
+        if users.is_empty() {
+            return Ok(online);
+        }
+        let mut commands = self.cluster.commands.clone();
+        let nodes: Vec<u16> = run(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.cluster.nodes_key())
+            .arg(now_ms())
+            .arg("+inf")
+            .query_async(&mut commands))
+        .await
+        .map_err(unavailable)?;
+        let others: Vec<u16> = nodes
+            .into_iter()
+            .filter(|n| *n != self.cluster.node_id)
+            .collect();
+        if others.is_empty() {
+            return Ok(online);
+        }
+        let fields: Vec<String> = users.iter().map(|u| Cluster::user_field(app, u)).collect();
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("HMGET")
+                .arg(self.cluster.devices_key(*node))
+                .arg(&fields);
+        }
+        let answers: Vec<Vec<Option<String>>> = run(pipe.query_async(&mut commands))
+            .await
+            .map_err(unavailable)?;
+        for values in answers {
+            for (user, value) in users.iter().zip(values) {
+                let devices: Vec<String> = value
+                    .and_then(|json| serde_json::from_str(&json).ok())
+                    .unwrap_or_default();
+                online.extend(devices.into_iter().map(|d| (user.clone(), d)));
+            }
+        }
+        Ok(online)
+    }
 }
 
 /// Keeps this node's hash and score in Redis.
@@ -119,6 +173,8 @@ struct Keeper {
     cluster: Arc<Cluster>,
     hub: Arc<Hub>,
     key: String,
+    /// This node's online devices per user.
+    devices_key: String,
     ttl: u64,
     /// Redis may not match the hub (start, or a write failed): rewrite the whole hash.
     dirty: bool,
@@ -178,6 +234,8 @@ impl Keeper {
         let node = self.hub.node();
         let mut pipe = redis::pipe();
         pipe.atomic();
+        // Users whose set of online devices may have changed.
+        let mut users = BTreeSet::new();
         for event in events {
             match event {
                 HubEvent::Connected { conn, .. } | HubEvent::Resubscribed(conn) => {
@@ -187,16 +245,46 @@ impl Keeper {
                         .arg(conn.id)
                         .arg(json)
                         .ignore();
+                    if conn.info.device.is_some() {
+                        users.insert((conn.info.app.clone(), conn.info.user.clone()));
+                    }
                 }
                 HubEvent::Disconnected { conn, .. } => {
                     pipe.cmd("HDEL").arg(&self.key).arg(conn.id).ignore();
+                    if conn.info.device.is_some() {
+                        users.insert((conn.info.app.clone(), conn.info.user.clone()));
+                    }
                 }
             }
         }
+        // What the hub holds now: later events rewrite the field again.
+        for (app, user) in users {
+            let field = Cluster::user_field(&app, &user);
+            match self.devices_json(&app, &user) {
+                Some(json) => pipe.cmd("HSET").arg(&self.devices_key).arg(field).arg(json),
+                None => pipe.cmd("HDEL").arg(&self.devices_key).arg(field),
+            }
+            .ignore();
+        }
         // A hash created by this HSET must expire too.
         pipe.cmd("EXPIRE").arg(&self.key).arg(self.ttl).ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&self.devices_key)
+            .arg(self.ttl)
+            .ignore();
         let mut commands = self.cluster.commands.clone();
         run(pipe.query_async::<()>(&mut commands)).await
+    }
+
+    /// The user's online device ids on this node as a JSON array; `None` when there are none.
+    fn devices_json(&self, app: &str, user: &str) -> Option<String> {
+        let devices: Vec<String> = self
+            .hub
+            .online_devices(app, &[user.to_owned()])
+            .into_iter()
+            .map(|(_, device)| device)
+            .collect();
+        (!devices.is_empty()).then(|| serde_json::to_string(&devices).unwrap_or_default())
     }
 
     /// Pushes the expiry forward; rewrites the hash when it is dirty or gone.
@@ -209,6 +297,10 @@ impl Keeper {
                 .cmd("EXPIRE")
                 .arg(&self.key)
                 .arg(self.ttl)
+                .cmd("EXPIRE")
+                .arg(&self.devices_key)
+                .arg(self.ttl)
+                .ignore()
                 .cmd("ZADD")
                 .arg(&nodes)
                 .arg(expires)
@@ -238,8 +330,23 @@ impl Keeper {
                 (c.id, json)
             })
             .collect();
+        let users: BTreeSet<(Arc<str>, Arc<str>)> = self
+            .hub
+            .list()
+            .iter()
+            .filter(|c| c.info.device.is_some())
+            .map(|c| (c.info.app.clone(), c.info.user.clone()))
+            .collect();
+        let devices: Vec<(String, String)> = users
+            .iter()
+            .filter_map(|(app, user)| {
+                let json = self.devices_json(app, user)?;
+                Some((Cluster::user_field(app, user), json))
+            })
+            .collect();
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("DEL").arg(&self.key).ignore();
+        pipe.cmd("DEL").arg(&self.devices_key).ignore();
         for chunk in clients.chunks(CHUNK) {
             let hset = pipe.cmd("HSET").arg(&self.key);
             for (id, json) in chunk {
@@ -247,7 +354,18 @@ impl Keeper {
             }
             hset.ignore();
         }
+        for chunk in devices.chunks(CHUNK) {
+            let hset = pipe.cmd("HSET").arg(&self.devices_key);
+            for (field, json) in chunk {
+                hset.arg(field).arg(json);
+            }
+            hset.ignore();
+        }
         pipe.cmd("EXPIRE").arg(&self.key).arg(self.ttl).ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&self.devices_key)
+            .arg(self.ttl)
+            .ignore();
         pipe.cmd("ZADD")
             .arg(&nodes)
             .arg(expires)

@@ -1,4 +1,5 @@
-//! Persistence of directed messages and their per-recipient status, behind the [`Store`] trait.
+//! Persistence of directed messages and their per-recipient status, topic logs and device
+//! registrations (push modes), behind the [`Store`] trait.
 //! The embedded default is [`sqlite::SqliteStore`]; the cluster's [`postgres::PostgresStore`]
 //! implements the same trait and passes the same suite (`suite.rs`).
 
@@ -6,10 +7,27 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
+pub mod timed;
 
 use async_trait::async_trait;
-use mps_proto::{MessageRecord, Page, PushedMessage, Status};
+use std::collections::BTreeMap;
+
+use mps_proto::{Format, MessageRecord, Page, Preferences, PushedMessage, Status};
 use serde_json::value::RawValue;
+
+use crate::audience::Expr;
+use crate::hub::AgentFilter;
+use crate::push::{Device, Way};
+
+/// The stored form of a message's shapes: JSON, or nothing when it has none.
+pub fn formats_column(formats: &BTreeMap<String, Format>) -> Option<String> {
+    (!formats.is_empty()).then(|| serde_json::to_string(formats).unwrap_or_default())
+}
+
+/// The shapes of a stored message, for its record.
+pub fn formats_from(column: Option<&str>) -> Option<BTreeMap<String, Format>> {
+    column.and_then(|text| serde_json::from_str(text).ok())
+}
 
 /// A directed message to record, with its recipients.
 #[derive(Debug, Clone)]
@@ -20,7 +38,11 @@ pub struct NewMessage {
     pub kind: i64,
     pub component: Option<String>,
     pub sender: Option<String>,
-    pub agents: Option<Vec<String>>,
+    /// Which agents' connections get it (the `agents` field, or an audience's `agent:` terms).
+    pub agents: AgentFilter,
+    /// Per-agent shapes (resolved: the app's templates and the message's own formats); a
+    /// connection of one of these agents is owed the message in that shape.
+    pub formats: BTreeMap<String, Format>,
     pub content: Box<RawValue>,
     /// Unix milliseconds.
     pub created: i64,
@@ -65,12 +87,23 @@ pub struct TopicReplay {
 }
 
 /// What a sweep changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Recipients whose message expired before they acked it.
     pub expired: u64,
     /// Messages deleted after the retention of expired records.
     pub deleted: u64,
+    /// The first of the `expired` recipients, as many as the sweep was asked to report (for
+    /// webhooks).
+    pub reported: Vec<ExpiredRecipient>,
+}
+
+/// A recipient whose message expired before it was acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredRecipient {
+    pub app: String,
+    pub id: u64,
+    pub user: String,
 }
 
 /// An idempotency key: the first message sent with it in an app is the only one recorded until
@@ -111,12 +144,75 @@ pub enum Claimed {
     Duplicate(u64),
 }
 
+/// What registering a device changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// The registration is new (not a refresh of the same device and way).
+    pub created: bool,
+    /// Other users whose registration of the same token was removed: a token belongs to one
+    /// user at a time.
+    pub taken_from: Vec<String>,
+}
+
+/// Which registrations to remove: one way of a device, every way of a device, or every device
+/// of the user (logout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSelector {
+    pub app: String,
+    pub user: String,
+    pub device: Option<String>,
+    pub way: Option<Way>,
+}
+
+/// Filter and page of the registrations listed to an operator.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceQuery {
+    pub app: Option<String>,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub way: Option<Way>,
+    /// 1-based.
+    pub page: u64,
+    pub size: u64,
+}
+
+/// The result of a vendor push to one recipient's devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRecord {
+    pub user: String,
+    /// Some device's vendor accepted it (`pushed`); otherwise it `failed` with `reason`.
+    pub pushed: bool,
+    pub reason: Option<String>,
+}
+
+/// Which of a user's terms a write replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TermSet {
+    /// The tags: `tag:` terms.
+    Tags,
+    /// The attributes: terms of every other key (`lang:zh`, `region:eu`).
+    Attributes,
+}
+
+impl TermSet {
+    /// The prefix of every tag term.
+    pub const TAG_PREFIX: &str = "tag:";
+
+    pub fn holds(self, term: &str) -> bool {
+        term.starts_with(Self::TAG_PREFIX) == (self == TermSet::Tags)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Backend(String),
     #[error("store is closed")]
     Closed,
+    /// The disk (or the database's quota) is full: nothing more can be written until space
+    /// returns. Reads still work.
+    #[error("store: the disk is full")]
+    Full,
 }
 
 /// Durable storage of directed messages. Every write returns only once it is durable.
@@ -136,12 +232,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<PushedMessage>, StoreError>;
 
-    /// `pending` → `delivered` for these ids of this user; returns how many changed.
-    async fn mark_delivered(&self, app: &str, user: &str, ids: Vec<u64>)
-    -> Result<u64, StoreError>;
+    /// `pending` → `delivered` for these ids of this user; returns the ids that changed.
+    async fn mark_delivered(
+        &self,
+        app: &str,
+        user: &str,
+        ids: Vec<u64>,
+    ) -> Result<Vec<u64>, StoreError>;
 
-    /// `pending`/`delivered` → `acked`; returns how many changed.
-    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<u64, StoreError>;
+    /// `pending`/`delivered` → `acked`; returns the ids that changed.
+    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<Vec<u64>, StoreError>;
 
     async fn list(&self, query: MessageQuery) -> Result<Page<MessageRecord>, StoreError>;
 
@@ -152,8 +252,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, id: u64) -> Result<bool, StoreError>;
 
     /// Marks recipients of messages expired at `now` as `expired`, deletes messages expired
-    /// before `now - keep_expired` (Unix ms) and idempotency keys lapsed at `now`.
-    async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError>;
+    /// before `now - keep_expired` (Unix ms) and idempotency keys lapsed at `now`. Lists at most
+    /// `report` of the recipients it marked expired.
+    async fn sweep(&self, now: i64, keep_expired: i64, report: usize) -> Result<Swept, StoreError>;
 
     /// Appends a message to a topic's retained log and trims the log to `keep` messages.
     async fn append_topic(
@@ -188,6 +289,77 @@ pub trait Store: Send + Sync + 'static {
         key: IdempotencyKey,
         write: KeyedWrite,
     ) -> Result<Claimed, StoreError>;
+
+    /// Records the vendor push of message `id` for these recipients: `pushed`, or `failed` with
+    /// the reason. Only recipients still owed the message (`pending`, `pushed`, `failed`)
+    /// change; they stay owed to the live channel. Returns how many changed.
+    async fn record_push(
+        &self,
+        app: &str,
+        id: u64,
+        results: Vec<PushRecord>,
+    ) -> Result<u64, StoreError>;
+
+    /// Registers (or refreshes) a device for one way, keyed by (app, user, device, way). The
+    /// token is removed from every other registration of the app and way that holds it.
+    async fn register_device(&self, device: Device) -> Result<Registered, StoreError>;
+
+    /// Removes the selected registrations; returns how many.
+    async fn remove_devices(&self, selector: DeviceSelector) -> Result<u64, StoreError>;
+
+    /// Removes every registration of this token (the vendor said it is gone); returns how many.
+    async fn remove_device_token(
+        &self,
+        app: &str,
+        way: Way,
+        token: &str,
+    ) -> Result<u64, StoreError>;
+
+    /// The registrations of these users (for the vendor fallback).
+    async fn devices_of(&self, app: &str, users: &[String]) -> Result<Vec<Device>, StoreError>;
+
+    /// Registrations by app, user, device and way, ordered by them.
+    async fn list_devices(&self, query: DeviceQuery) -> Result<Page<Device>, StoreError>;
+
+    /// Removes registrations last refreshed before `refreshed_before` (Unix ms); returns how
+    /// many.
+    async fn expire_devices(&self, refreshed_before: i64) -> Result<u64, StoreError>;
+    /// Replaces a user's tags or attributes (`set`) with `terms`, each `key:value` of that set.
+    async fn set_terms(
+        &self,
+        app: &str,
+        user: &str,
+        set: TermSet,
+        terms: Vec<String>,
+    ) -> Result<(), StoreError>;
+
+    /// Every term of a user (tags and attributes), sorted.
+    async fn terms(&self, app: &str, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The users of `app` for whom `expr` (an audience without `agent:` terms) holds, sorted, at
+    /// most `limit`; only among `within` when given (the online users of a live audience).
+    async fn resolve(
+        &self,
+        app: &str,
+        expr: &Expr,
+        within: Option<Vec<String>>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Replaces a user's preferences; empty ones are removed.
+    async fn set_preferences(
+        &self,
+        app: &str,
+        user: &str,
+        preferences: Preferences,
+    ) -> Result<(), StoreError>;
+
+    /// The preferences of those of `users` that have some.
+    async fn preferences(
+        &self,
+        app: &str,
+        users: &[String],
+    ) -> Result<Vec<(String, Preferences)>, StoreError>;
 
     /// Whether the store can be reached (for `/readyz`).
     async fn check(&self) -> Result<(), StoreError> {

@@ -18,20 +18,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use mps_proto::{EventData, MessageRecord, Page, PushedMessage, RecipientStatus, Status};
+use mps_proto::{
+    EventData, MessageRecord, Page, Preferences, PushedMessage, RecipientStatus, Status,
+};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 mod write;
 
 use write::{Write, Written};
 
 use super::{
-    Claimed, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage, Store, StoreError, Swept,
-    TopicEntry, TopicReplay,
+    Claimed, DeviceQuery, DeviceSelector, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage,
+    PushRecord, Registered, Store, StoreError, Swept, TermSet, TopicEntry, TopicReplay,
 };
+use crate::audience::Expr;
+use crate::audience::sql::{self, Dialect, Param};
+use crate::push::{Device, Way};
 
 /// Writes waiting for the writer task; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;
@@ -44,23 +49,54 @@ const START_WAIT: Duration = Duration::from_secs(30);
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("postgres/001_init.sql")),
     (2, include_str!("postgres/002_idempotency.sql")),
+    (3, include_str!("postgres/003_devices.sql")),
+    (4, include_str!("postgres/004_audience.sql")),
 ];
 
+/// The stored `status` column: `pushed` and `failed` are pending rows with a `push` mark.
 fn status_code(status: Status) -> i16 {
     match status {
-        Status::Pending => 0,
+        Status::Pending | Status::Pushed | Status::Failed => 0,
         Status::Delivered => 1,
         Status::Acked => 2,
         Status::Expired => 3,
     }
 }
 
-fn status_from(code: i16) -> Status {
-    match code {
-        0 => Status::Pending,
-        1 => Status::Delivered,
-        2 => Status::Acked,
+fn status_from(code: i16, push: Option<i16>) -> Status {
+    match (code, push) {
+        (0, Some(1)) => Status::Pushed,
+        (0, Some(_)) => Status::Failed,
+        (0, None) => Status::Pending,
+        (1, _) => Status::Delivered,
+        (2, _) => Status::Acked,
         _ => Status::Expired,
+    }
+}
+
+/// The condition on a recipient row `r` that it is in `status`.
+fn status_condition(status: Status) -> String {
+    match status {
+        Status::Pending => "r.status = 0 AND r.push IS NULL".into(),
+        Status::Pushed => "r.status = 0 AND r.push = 1".into(),
+        Status::Failed => "r.status = 0 AND r.push = 2".into(),
+        other => format!("r.status = {}", status_code(other)),
+    }
+}
+
+const DEVICE_COLUMNS: &str = "app, username, device, way, agent, token, components, refreshed";
+
+fn device_from_row(row: &tokio_postgres::Row) -> Device {
+    Device {
+        app: row.get(0),
+        user: row.get(1),
+        device: row.get(2),
+        // Only this store writes the column, from a `Way`.
+        way: Way::parse(row.get(3)).unwrap_or(Way::Webpush),
+        agent: row.get(4),
+        token: row.get(5),
+        components: row.get(6),
+        refreshed: row.get(7),
     }
 }
 
@@ -134,6 +170,13 @@ impl PostgresStore {
         }
     }
 
+    async fn ids(&self, op: Write) -> Result<Vec<u64>, StoreError> {
+        match self.write(op).await? {
+            Written::Ids(ids) => Ok(ids),
+            _ => Err(backend("unexpected answer")),
+        }
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool
             .get()
@@ -186,7 +229,7 @@ fn raw(content: String) -> Box<RawValue> {
     })
 }
 
-const RECORD_COLUMNS: &str = "m.id, m.app, m.title, m.kind, m.component, m.sender, m.agents, m.content, m.created, m.expires";
+const RECORD_COLUMNS: &str = "m.id, m.app, m.title, m.kind, m.component, m.sender, m.agents, m.content, m.created, m.expires, m.except_agents, m.formats";
 
 fn record_from_row(row: &tokio_postgres::Row) -> MessageRecord {
     MessageRecord {
@@ -197,6 +240,8 @@ fn record_from_row(row: &tokio_postgres::Row) -> MessageRecord {
         component: row.get(4),
         sender: row.get(5),
         agents: row.get(6),
+        except_agents: row.get(10),
+        formats: super::formats_from(row.get(11)),
         content: raw(row.get(7)),
         created: row.get(8),
         expires: row.get(9),
@@ -222,11 +267,12 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "SELECT m.id, m.title, m.kind, m.component, m.sender, m.created, m.content
+                "SELECT m.id, m.title, m.kind, m.component, m.sender, m.created, m.content, m.formats
                  FROM recipients r JOIN messages m ON m.id = r.message_id
                  WHERE r.app = $1 AND r.recipient = $2 AND r.status = 0 AND r.message_id > $3
                    AND m.expires > $4
-                   AND ($5::text IS NULL OR m.agents IS NULL OR $5 = ANY(m.agents))
+                   AND ($5::text IS NULL OR ((m.agents IS NULL OR $5 = ANY(m.agents))
+                        AND (m.except_agents IS NULL OR NOT ($5 = ANY(m.except_agents)))))
                  ORDER BY r.message_id LIMIT $6",
             )
             .await
@@ -241,18 +287,23 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         Ok(rows
             .iter()
-            .map(|row| PushedMessage {
-                id: row.get::<_, i64>(0).to_string(),
-                title: row.get(1),
-                kind: row.get(2),
-                component: row.get(3),
-                topic: None,
-                sender: row.get(4),
-                created: row.get(5),
-                ack: true,
-                event_data: EventData {
-                    ext: raw(row.get(6)),
-                },
+            .map(|row| {
+                let mut message = PushedMessage {
+                    id: row.get::<_, i64>(0).to_string(),
+                    title: row.get(1),
+                    kind: row.get(2),
+                    component: row.get(3),
+                    topic: None,
+                    sender: row.get(4),
+                    created: row.get(5),
+                    ack: true,
+                    event_data: EventData {
+                        ext: raw(row.get(6)),
+                    },
+                };
+                let formats: Option<&str> = row.get(7);
+                crate::formats::apply_stored(&mut message, formats, agent);
+                message
             })
             .collect())
     }
@@ -262,8 +313,8 @@ impl Store for PostgresStore {
         app: &str,
         user: &str,
         ids: Vec<u64>,
-    ) -> Result<u64, StoreError> {
-        self.count(Write::Status {
+    ) -> Result<Vec<u64>, StoreError> {
+        self.ids(Write::Status {
             app: app.to_owned(),
             user: user.to_owned(),
             ids: ids.into_iter().map(|id| id as i64).collect(),
@@ -272,8 +323,8 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<u64, StoreError> {
-        self.count(Write::Status {
+    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<Vec<u64>, StoreError> {
+        self.ids(Write::Status {
             app: app.to_owned(),
             user: user.to_owned(),
             ids: ids.into_iter().map(|id| id as i64).collect(),
@@ -307,21 +358,20 @@ impl Store for PostgresStore {
         match (query.receiver, query.status) {
             (Some(receiver), Some(status)) => {
                 args.push(Box::new(receiver));
-                args.push(Box::new(status_code(status)));
                 filters.push(format!(
-                    "m.id IN (SELECT message_id FROM recipients WHERE recipient = ${} AND status = ${})",
-                    args.len() - 1,
-                    args.len()
+                    "m.id IN (SELECT r.message_id FROM recipients r WHERE r.recipient = ${} AND {})",
+                    args.len(),
+                    status_condition(status)
                 ));
             }
             (Some(receiver), None) => add(
                 "m.id IN (SELECT message_id FROM recipients WHERE recipient = ?)",
                 Box::new(receiver),
             ),
-            (None, Some(status)) => add(
-                "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = ?)",
-                Box::new(status_code(status)),
-            ),
+            (None, Some(status)) => filters.push(format!(
+                "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {})",
+                status_condition(status)
+            )),
             (None, None) => {}
         }
         let filter = if filters.is_empty() {
@@ -360,8 +410,8 @@ impl Store for PostgresStore {
         if !ids.is_empty() {
             let statement = client
                 .prepare_cached(
-                    "SELECT message_id, status, count(*) FROM recipients
-                     WHERE message_id = ANY($1) GROUP BY message_id, status",
+                    "SELECT message_id, status, push, count(*) FROM recipients
+                     WHERE message_id = ANY($1) GROUP BY message_id, status, push",
                 )
                 .await
                 .map_err(backend)?;
@@ -371,9 +421,10 @@ impl Store for PostgresStore {
                 .collect();
             for row in client.query(&statement, &[&ids]).await.map_err(backend)? {
                 if let Some(record) = by_id.get_mut(&row.get::<_, i64>(0)) {
-                    record
+                    *record
                         .summary
-                        .insert(status_from(row.get(1)), row.get::<_, i64>(2) as u64);
+                        .entry(status_from(row.get(1), row.get(2)))
+                        .or_default() += row.get::<_, i64>(3) as u64;
                 }
             }
         }
@@ -400,17 +451,25 @@ impl Store for PostgresStore {
         let mut record = record_from_row(&row);
         let recipients: Vec<RecipientStatus> = client
             .query(
-                "SELECT recipient, status, updated FROM recipients WHERE message_id = $1
-                 ORDER BY recipient",
+                "SELECT recipient, status, push, updated, reason FROM recipients
+                 WHERE message_id = $1 ORDER BY recipient",
                 &[&(id as i64)],
             )
             .await
             .map_err(backend)?
             .iter()
-            .map(|r| RecipientStatus {
-                user: r.get(0),
-                status: status_from(r.get(1)),
-                updated: r.get(2),
+            .map(|r| {
+                let status = status_from(r.get(1), r.get(2));
+                RecipientStatus {
+                    user: r.get(0),
+                    status,
+                    updated: r.get(3),
+                    reason: if status == Status::Failed {
+                        r.get(4)
+                    } else {
+                        None
+                    },
+                }
             })
             .collect();
         for r in &recipients {
@@ -424,8 +483,13 @@ impl Store for PostgresStore {
         Ok(self.count(Write::Delete(id)).await? > 0)
     }
 
-    async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError> {
-        match self.write(Write::Sweep { now, keep_expired }).await? {
+    async fn sweep(&self, now: i64, keep_expired: i64, report: usize) -> Result<Swept, StoreError> {
+        let sweep = Write::Sweep {
+            now,
+            keep_expired,
+            report,
+        };
+        match self.write(sweep).await? {
             Written::Swept(s) => Ok(s),
             _ => Err(backend("unexpected answer")),
         }
@@ -553,6 +617,239 @@ impl Store for PostgresStore {
 
     async fn trim_topics(&self, cutoffs: Vec<(String, String, i64)>) -> Result<u64, StoreError> {
         self.count(Write::TrimTopics(cutoffs)).await
+    }
+
+    async fn record_push(
+        &self,
+        app: &str,
+        id: u64,
+        results: Vec<PushRecord>,
+    ) -> Result<u64, StoreError> {
+        self.count(Write::RecordPush {
+            app: app.to_owned(),
+            id: id as i64,
+            results,
+        })
+        .await
+    }
+
+    async fn register_device(&self, device: Device) -> Result<Registered, StoreError> {
+        match self.write(Write::RegisterDevice(device)).await? {
+            Written::Registered(r) => Ok(r),
+            _ => Err(backend("unexpected answer")),
+        }
+    }
+
+    async fn remove_devices(&self, selector: DeviceSelector) -> Result<u64, StoreError> {
+        self.count(Write::RemoveDevices(selector)).await
+    }
+
+    async fn remove_device_token(
+        &self,
+        app: &str,
+        way: Way,
+        token: &str,
+    ) -> Result<u64, StoreError> {
+        self.count(Write::RemoveToken {
+            app: app.to_owned(),
+            way,
+            token: token.to_owned(),
+        })
+        .await
+    }
+
+    async fn devices_of(&self, app: &str, users: &[String]) -> Result<Vec<Device>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = $1 AND username = ANY($2)"
+            ))
+            .await
+            .map_err(backend)?;
+        Ok(client
+            .query(&statement, &[&app, &users])
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(device_from_row)
+            .collect())
+    }
+
+    async fn list_devices(&self, query: DeviceQuery) -> Result<Page<Device>, StoreError> {
+        let filter = "WHERE ($1::text IS NULL OR app = $1) AND ($2::text IS NULL OR username = $2)
+                        AND ($3::text IS NULL OR device = $3) AND ($4::text IS NULL OR way = $4)";
+        let way = query.way.map(Way::as_str);
+        let args: [&(dyn ToSql + Sync); 4] = [&query.app, &query.user, &query.device, &way];
+        let size = query.size.clamp(1, 1000);
+        let page = query.page.max(1);
+        let offset = (page - 1).saturating_mul(size);
+        let client = self.client().await?;
+        let total: i64 = client
+            .query_one(&format!("SELECT count(*) FROM devices {filter}"), &args)
+            .await
+            .map_err(backend)?
+            .get(0);
+        let items = client
+            .query(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices {filter}
+                     ORDER BY app, username, device, way LIMIT {size} OFFSET {offset}"
+                ),
+                &args,
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(device_from_row)
+            .collect();
+        Ok(Page {
+            items,
+            page,
+            size,
+            total: total as u64,
+        })
+    }
+
+    async fn expire_devices(&self, refreshed_before: i64) -> Result<u64, StoreError> {
+        self.count(Write::ExpireDevices(refreshed_before)).await
+    }
+
+    async fn set_terms(
+        &self,
+        app: &str,
+        user: &str,
+        set: TermSet,
+        terms: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.count(Write::SetTerms {
+            app: app.to_owned(),
+            user: user.to_owned(),
+            set,
+            terms,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_preferences(
+        &self,
+        app: &str,
+        user: &str,
+        preferences: Preferences,
+    ) -> Result<(), StoreError> {
+        let doc = (preferences != Preferences::default())
+            .then(|| serde_json::to_string(&preferences).unwrap_or_default());
+        self.count(Write::SetPreferences {
+            app: app.to_owned(),
+            user: user.to_owned(),
+            doc,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn preferences(
+        &self,
+        app: &str,
+        users: &[String],
+    ) -> Result<Vec<(String, Preferences)>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT user_id, doc FROM preferences WHERE app = $1 AND user_id = ANY($2)",
+            )
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(&statement, &[&app, &users])
+            .await
+            .map_err(backend)?;
+        // Written by set_preferences; a damaged row mutes nothing.
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let doc: String = r.get(1);
+                (r.get(0), serde_json::from_str(&doc).unwrap_or_default())
+            })
+            .collect())
+    }
+
+    async fn terms(&self, app: &str, user: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT tag FROM user_tags WHERE app = $1 AND user_id = $2 ORDER BY tag COLLATE \"C\"",
+            )
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(&statement, &[&app, &user])
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn resolve(
+        &self,
+        app: &str,
+        expr: &Expr,
+        within: Option<Vec<String>>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let mut estimates = HashMap::new();
+        if within.is_none() {
+            let statement = client
+                .prepare_cached(&sql::estimate_sql(Dialect::Postgres))
+                .await
+                .map_err(backend)?;
+            for term in sql::terms_to_estimate(expr) {
+                let row = client
+                    .query_one(&statement, &[&app, &term])
+                    .await
+                    .map_err(backend)?;
+                estimates.insert(term, row.get::<_, i64>(0) as u64);
+            }
+        }
+        let query = sql::compile(Dialect::Postgres, app, expr, within, &estimates, limit);
+        // Typed: a user term's query need not mention the app ($1).
+        let types: Vec<Type> = query
+            .params
+            .iter()
+            .map(|p| match p {
+                Param::Text(_) => Type::TEXT,
+                Param::List(_) => Type::TEXT_ARRAY,
+            })
+            .collect();
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = query
+            .params
+            .into_iter()
+            .map(|p| -> Box<dyn ToSql + Sync + Send> {
+                match p {
+                    Param::Text(text) => Box::new(text),
+                    Param::List(list) => Box::new(list),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let statement = client
+            .prepare_typed(&query.sql, &types)
+            .await
+            .map_err(backend)?;
+        let rows = client.query(&statement, &refs).await.map_err(backend)?;
+        let mut users: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        users.sort_unstable();
+        users.dedup();
+        Ok(users)
     }
 
     async fn check(&self) -> Result<(), StoreError> {

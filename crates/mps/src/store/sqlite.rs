@@ -9,16 +9,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use mps_proto::{EventData, MessageRecord, Page, PushedMessage, RecipientStatus, Status};
+use mps_proto::{
+    EventData, MessageRecord, Page, Preferences, PushedMessage, RecipientStatus, Status,
+};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claimed, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage, Store, StoreError, Swept,
+    Claimed, DeviceQuery, DeviceSelector, ExpiredRecipient, IdempotencyKey, KeyedWrite,
+    MessageQuery, NewMessage, PushRecord, Registered, Store, StoreError, Swept, TermSet,
     TopicEntry, TopicReplay,
 };
+use crate::audience::Expr;
+use crate::audience::sql::{self, Dialect, Param};
+use crate::hub::AgentFilter;
+use crate::push::{Device, Way};
 
 /// Writes waiting for the writer thread; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;
@@ -35,6 +42,8 @@ CREATE TABLE IF NOT EXISTS messages (
     component TEXT,
     sender    TEXT,
     agents    TEXT,
+    except_agents TEXT,
+    formats   TEXT,
     content   TEXT NOT NULL,
     created   INTEGER NOT NULL,
     expires   INTEGER NOT NULL
@@ -46,8 +55,12 @@ CREATE TABLE IF NOT EXISTS recipients (
     message_id INTEGER NOT NULL,
     app        TEXT NOT NULL,
     user       TEXT NOT NULL,
+    -- 0 pending, 1 delivered, 2 acked, 3 expired.
     status     INTEGER NOT NULL,
     updated    INTEGER NOT NULL,
+    -- Vendor push of a message still pending: NULL none, 1 pushed, 2 failed (with reason).
+    push       INTEGER,
+    reason     TEXT,
     PRIMARY KEY (message_id, user)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipients_user ON recipients(app, user, status, message_id);
@@ -75,29 +88,119 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (app, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency(expires);
+-- Device registrations (push modes). A token belongs to one registration of an app and way.
+CREATE TABLE IF NOT EXISTS devices (
+    app        TEXT NOT NULL,
+    user       TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    way        TEXT NOT NULL,
+    agent      TEXT NOT NULL,
+    token      TEXT NOT NULL,
+    components TEXT NOT NULL,  -- JSON array
+    refreshed  INTEGER NOT NULL,
+    PRIMARY KEY (app, user, device, way)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS devices_token ON devices(app, way, token);
+CREATE INDEX IF NOT EXISTS devices_refreshed ON devices(refreshed);
+-- Tags and attributes of users as `key:value` terms (`tag:vip`, `lang:zh`). The primary key
+-- serves a user's terms and the per-user checks of an audience; the index, the users of a term.
+CREATE TABLE IF NOT EXISTS user_tags (
+    app     TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    tag     TEXT NOT NULL,
+    PRIMARY KEY (app, user_id, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS user_tags_tag ON user_tags(app, tag, user_id);
+-- Users' preferences about vendor push, as JSON.
+CREATE TABLE IF NOT EXISTS preferences (
+    app     TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    doc     TEXT NOT NULL,
+    PRIMARY KEY (app, user_id)
+) WITHOUT ROWID;
 ";
 
+/// Brings a store created by an earlier version up to `SCHEMA`.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_push = conn
+        .prepare("SELECT 1 FROM pragma_table_info('recipients') WHERE name = 'push'")?
+        .exists([])?;
+    if !has_push {
+        conn.execute_batch(
+            "ALTER TABLE recipients ADD COLUMN push INTEGER;
+             ALTER TABLE recipients ADD COLUMN reason TEXT;",
+        )?;
+    }
+    let has_except_agents = conn
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'except_agents'")?
+        .exists([])?;
+    if !has_except_agents {
+        conn.execute_batch(
+            "ALTER TABLE messages ADD COLUMN except_agents TEXT;
+             ALTER TABLE messages ADD COLUMN formats TEXT;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The stored `status` column: `pushed` and `failed` are pending rows with a `push` mark.
 fn status_code(status: Status) -> i64 {
     match status {
-        Status::Pending => 0,
+        Status::Pending | Status::Pushed | Status::Failed => 0,
         Status::Delivered => 1,
         Status::Acked => 2,
         Status::Expired => 3,
     }
 }
 
-fn status_from(code: i64) -> Status {
-    match code {
-        0 => Status::Pending,
-        1 => Status::Delivered,
-        2 => Status::Acked,
+fn status_from(code: i64, push: Option<i64>) -> Status {
+    match (code, push) {
+        (0, Some(1)) => Status::Pushed,
+        (0, Some(_)) => Status::Failed,
+        (0, None) => Status::Pending,
+        (1, _) => Status::Delivered,
+        (2, _) => Status::Acked,
         _ => Status::Expired,
     }
 }
 
-/// `agents` is stored as `,ios,bs,` so that one `instr` checks membership.
-fn agents_column(agents: &Option<Vec<String>>) -> Option<String> {
-    agents.as_ref().map(|list| format!(",{},", list.join(",")))
+/// The condition on a recipient row `r` that it is in `status`.
+fn status_condition(status: Status) -> String {
+    match status {
+        Status::Pending => "r.status = 0 AND r.push IS NULL".into(),
+        Status::Pushed => "r.status = 0 AND r.push = 1".into(),
+        Status::Failed => "r.status = 0 AND r.push = 2".into(),
+        other => format!("r.status = {}", status_code(other)),
+    }
+}
+
+fn device_from_row(row: &rusqlite::Row) -> rusqlite::Result<Device> {
+    let way: String = row.get(3)?;
+    let components: String = row.get(6)?;
+    Ok(Device {
+        app: row.get(0)?,
+        user: row.get(1)?,
+        device: row.get(2)?,
+        // Only this store writes the column, from a `Way`.
+        way: Way::parse(&way).unwrap_or(Way::Webpush),
+        agent: row.get(4)?,
+        token: row.get(5)?,
+        components: serde_json::from_str(&components).unwrap_or_default(),
+        refreshed: row.get(7)?,
+    })
+}
+
+const DEVICE_COLUMNS: &str = "app, user, device, way, agent, token, components, refreshed";
+
+/// Agent lists are stored as `,ios,bs,` so that one `instr` checks membership: the agents that
+/// alone receive (`agents`), and those that do not (`except_agents`).
+fn agents_columns(agents: &AgentFilter) -> (Option<String>, Option<String>) {
+    let column = |list: &Vec<String>| Some(format!(",{},", list.join(",")));
+    match agents {
+        AgentFilter::Any => (None, None),
+        AgentFilter::Only(list) => (column(list), None),
+        AgentFilter::Except(list) => (None, column(list)),
+    }
 }
 
 fn agents_from(column: Option<String>) -> Option<Vec<String>> {
@@ -111,6 +214,15 @@ fn agents_from(column: Option<String>) -> Option<Vec<String>> {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// A failed write: [`StoreError::Full`] when the disk is full, so that callers can say so.
+fn write_error(e: rusqlite::Error) -> StoreError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        StoreError::Full
+    } else {
+        backend(e)
+    }
 }
 
 enum Write {
@@ -129,6 +241,7 @@ enum Write {
     Sweep {
         now: i64,
         keep_expired: i64,
+        report: usize,
     },
     AppendTopic {
         app: String,
@@ -138,12 +251,40 @@ enum Write {
     },
     TrimTopics(Vec<(String, String, i64)>),
     Keyed(IdempotencyKey, KeyedWrite),
+    RecordPush {
+        app: String,
+        id: u64,
+        results: Vec<PushRecord>,
+    },
+    RegisterDevice(Device),
+    RemoveDevices(DeviceSelector),
+    RemoveToken {
+        app: String,
+        way: Way,
+        token: String,
+    },
+    ExpireDevices(i64),
+    SetTerms {
+        app: String,
+        user: String,
+        set: TermSet,
+        terms: Vec<String>,
+    },
+    /// `None` removes them.
+    SetPreferences {
+        app: String,
+        user: String,
+        doc: Option<String>,
+    },
 }
 
 enum Written {
     Count(u64),
+    /// Ids whose status changed.
+    Ids(Vec<u64>),
     Swept(Swept),
     Claimed(Claimed),
+    Registered(Registered),
 }
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -168,6 +309,7 @@ impl SqliteStore {
             )
             .map_err(backend)?;
         writer.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&writer).map_err(backend)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open_reader(&path)?);
@@ -197,6 +339,13 @@ impl SqliteStore {
     async fn count(&self, op: Write) -> Result<u64, StoreError> {
         match self.write(op).await? {
             Written::Count(n) => Ok(n),
+            _ => Err(backend("unexpected answer")),
+        }
+    }
+
+    async fn ids(&self, op: Write) -> Result<Vec<u64>, StoreError> {
+        match self.write(op).await? {
+            Written::Ids(ids) => Ok(ids),
             _ => Err(backend("unexpected answer")),
         }
     }
@@ -257,13 +406,13 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<(Write, Reply)>) {
                     .iter()
                     .map(|op| match commit(&mut conn, std::slice::from_ref(op)) {
                         Ok(mut one) => one.pop().unwrap_or_else(|| Err(backend("no result"))),
-                        Err(e) => Err(backend(e)),
+                        Err(e) => Err(write_error(e)),
                     })
                     .collect()
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                vec![Err(backend(e))]
+                vec![Err(write_error(e))]
             }
         };
         metrics::histogram!("mps_store_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -341,12 +490,32 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
                 .execute([*id as i64])?;
             Ok(Written::Count(n as u64))
         }
-        Write::Sweep { now, keep_expired } => {
-            let expired = tx.execute(
-                "UPDATE recipients SET status = 3, updated = ?1
-                 WHERE status IN (0, 1) AND message_id IN (SELECT id FROM messages WHERE expires <= ?1)",
-                [now],
-            )?;
+        Write::Sweep {
+            now,
+            keep_expired,
+            report,
+        } => {
+            const EXPIRE: &str = "UPDATE recipients SET status = 3, updated = ?1
+                 WHERE status IN (0, 1) AND message_id IN (SELECT id FROM messages WHERE expires <= ?1)";
+            let mut reported = Vec::new();
+            let expired = if *report == 0 {
+                tx.execute(EXPIRE, [now])?
+            } else {
+                let mut stmt = tx.prepare(&format!("{EXPIRE} RETURNING app, message_id, user"))?;
+                let mut rows = stmt.query([now])?;
+                let mut count = 0;
+                while let Some(row) = rows.next()? {
+                    count += 1;
+                    if reported.len() < *report {
+                        reported.push(ExpiredRecipient {
+                            app: row.get(0)?,
+                            id: row.get::<_, i64>(1)? as u64,
+                            user: row.get(2)?,
+                        });
+                    }
+                }
+                count
+            };
             let cutoff = now - keep_expired;
             tx.execute(
                 "DELETE FROM recipients WHERE message_id IN (SELECT id FROM messages WHERE expires <= ?1)",
@@ -357,6 +526,7 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
             Ok(Written::Swept(Swept {
                 expired: expired as u64,
                 deleted: deleted as u64,
+                reported,
             }))
         }
         Write::AppendTopic {
@@ -365,6 +535,77 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
             created,
             keep,
         } => append_topic(tx, app, entry, *created, *keep),
+        Write::RecordPush { app, id, results } => {
+            let now = crate::id::now_ms() as i64;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE recipients SET push = ?1, reason = ?2, updated = ?3
+                 WHERE message_id = ?4 AND user = ?5 AND app = ?6 AND status = 0",
+            )?;
+            let mut changed = 0;
+            for r in results {
+                let push = if r.pushed { 1 } else { 2 };
+                changed += stmt.execute(params![push, r.reason, now, *id as i64, r.user, app])?;
+            }
+            Ok(Written::Count(changed as u64))
+        }
+        Write::RegisterDevice(d) => register_device(tx, d),
+        Write::RemoveDevices(selector) => {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM devices WHERE app = ?1 AND user = ?2
+                       AND (?3 IS NULL OR device = ?3) AND (?4 IS NULL OR way = ?4)",
+                )?
+                .execute(params![
+                    selector.app,
+                    selector.user,
+                    selector.device,
+                    selector.way.map(Way::as_str)
+                ])?;
+            Ok(Written::Count(n as u64))
+        }
+        Write::RemoveToken { app, way, token } => {
+            let n = tx
+                .prepare_cached("DELETE FROM devices WHERE app = ?1 AND way = ?2 AND token = ?3")?
+                .execute(params![app, way.as_str(), token])?;
+            Ok(Written::Count(n as u64))
+        }
+        Write::ExpireDevices(before) => {
+            let n = tx
+                .prepare_cached("DELETE FROM devices WHERE refreshed < ?1")?
+                .execute([before])?;
+            Ok(Written::Count(n as u64))
+        }
+        Write::SetPreferences { app, user, doc } => {
+            let n = match doc {
+                Some(doc) => tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO preferences (app, user_id, doc) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![app, user, doc])?,
+                None => tx
+                    .prepare_cached("DELETE FROM preferences WHERE app = ?1 AND user_id = ?2")?
+                    .execute(params![app, user])?,
+            };
+            Ok(Written::Count(n as u64))
+        }
+        Write::SetTerms {
+            app,
+            user,
+            set,
+            terms,
+        } => {
+            tx.prepare_cached(
+                "DELETE FROM user_tags WHERE app = ?1 AND user_id = ?2 AND (substr(tag, 1, 4) = 'tag:') = ?3",
+            )?
+            .execute(params![app, user, *set == TermSet::Tags])?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO user_tags (app, user_id, tag) VALUES (?1, ?2, ?3)",
+            )?;
+            for term in terms {
+                stmt.execute(params![app, user, term])?;
+            }
+            Ok(Written::Count(terms.len() as u64))
+        }
         Write::TrimTopics(cutoffs) => {
             let mut dropped = 0;
             for (app, topic, cutoff) in cutoffs {
@@ -383,9 +624,10 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
 }
 
 fn insert(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Written> {
+    let (agents, except_agents) = agents_columns(&m.agents);
     tx.prepare_cached(
-            "INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO messages (id, app, title, kind, component, sender, agents, except_agents, content, created, expires, formats)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?
         .execute(params![
             m.id as i64,
@@ -394,10 +636,12 @@ fn insert(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Writte
             m.kind,
             m.component,
             m.sender,
-            agents_column(&m.agents),
+            agents,
+            except_agents,
             m.content.get(),
             m.created,
             m.created.max(m.expires),
+            super::formats_column(&m.formats),
         ])?;
     let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO recipients (message_id, app, user, status, updated) VALUES (?1, ?2, ?3, 0, ?4)",
@@ -406,6 +650,51 @@ fn insert(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Writte
         stmt.execute(params![m.id as i64, m.app, user, m.created])?;
     }
     Ok(Written::Count(1))
+}
+
+/// Takes the token from any other registration, then inserts or refreshes this one.
+fn register_device(tx: &rusqlite::Transaction, d: &Device) -> rusqlite::Result<Written> {
+    let way = d.way.as_str();
+    let mut taken_from: Vec<String> = tx
+        .prepare_cached(
+            "DELETE FROM devices WHERE app = ?1 AND way = ?2 AND token = ?3
+               AND NOT (user = ?4 AND device = ?5)
+             RETURNING user",
+        )?
+        .query_map(params![d.app, way, d.token, d.user, d.device], |r| {
+            r.get::<_, String>(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    taken_from.retain(|u| *u != d.user);
+    taken_from.sort();
+    taken_from.dedup();
+    let existed = tx
+        .prepare_cached(
+            "SELECT 1 FROM devices WHERE app = ?1 AND user = ?2 AND device = ?3 AND way = ?4",
+        )?
+        .exists(params![d.app, d.user, d.device, way])?;
+    let components = serde_json::to_string(&d.components).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(
+        "INSERT INTO devices (app, user, device, way, agent, token, components, refreshed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (app, user, device, way) DO UPDATE SET
+             agent = excluded.agent, token = excluded.token,
+             components = excluded.components, refreshed = excluded.refreshed",
+    )?
+    .execute(params![
+        d.app,
+        d.user,
+        d.device,
+        way,
+        d.agent,
+        d.token,
+        components,
+        d.refreshed
+    ])?;
+    Ok(Written::Registered(Registered {
+        created: !existed,
+        taken_from,
+    }))
 }
 
 fn append_topic(
@@ -465,11 +754,13 @@ fn set_status(
          WHERE message_id = ?3 AND user = ?4 AND app = ?5 AND {from}"
     );
     let mut stmt = tx.prepare_cached(&sql)?;
-    let mut changed = 0;
+    let mut changed = Vec::new();
     for id in ids {
-        changed += stmt.execute(params![status_code(status), now, *id as i64, user, app])?;
+        if stmt.execute(params![status_code(status), now, *id as i64, user, app])? > 0 {
+            changed.push(*id);
+        }
     }
-    Ok(Written::Count(changed as u64))
+    Ok(Written::Ids(changed))
 }
 
 fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<MessageRecord> {
@@ -482,6 +773,8 @@ fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<MessageRecord> {
         component: row.get(4)?,
         sender: row.get(5)?,
         agents: agents_from(row.get(6)?),
+        except_agents: agents_from(row.get(10)?),
+        formats: super::formats_from(row.get::<_, Option<String>>(11)?.as_deref()),
         content: raw(content),
         created: row.get(8)?,
         expires: row.get(9)?,
@@ -500,20 +793,22 @@ fn raw(content: String) -> Box<RawValue> {
 
 fn summaries(conn: &Connection, records: &mut [MessageRecord]) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "SELECT status, COUNT(*) FROM recipients WHERE message_id = ?1 GROUP BY status",
+        "SELECT status, push, COUNT(*) FROM recipients WHERE message_id = ?1 GROUP BY status, push",
     )?;
     for record in records {
         let id: i64 = record.id.parse().unwrap_or_default();
-        let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((status_from(r.get(0)?, r.get(1)?), r.get::<_, i64>(2)?))
+        })?;
         for row in rows {
             let (status, count) = row?;
-            record.summary.insert(status_from(status), count as u64);
+            *record.summary.entry(status).or_default() += count as u64;
         }
     }
     Ok(())
 }
 
-const RECORD_COLUMNS: &str = "m.id, m.app, m.title, m.kind, m.component, m.sender, m.agents, m.content, m.created, m.expires";
+const RECORD_COLUMNS: &str = "m.id, m.app, m.title, m.kind, m.component, m.sender, m.agents, m.content, m.created, m.expires, m.except_agents, m.formats";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -533,17 +828,18 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let now = crate::id::now_ms() as i64;
             let mut stmt = conn.prepare_cached(
-                "SELECT m.id, m.title, m.kind, m.component, m.sender, m.created, m.content
+                "SELECT m.id, m.title, m.kind, m.component, m.sender, m.created, m.content, m.formats
                  FROM recipients r JOIN messages m ON m.id = r.message_id
                  WHERE r.app = ?1 AND r.user = ?2 AND r.status = 0 AND r.message_id > ?3
                    AND m.expires > ?4
-                   AND (?5 IS NULL OR m.agents IS NULL OR instr(m.agents, ',' || ?5 || ',') > 0)
+                   AND (?5 IS NULL OR ((m.agents IS NULL OR instr(m.agents, ',' || ?5 || ',') > 0)
+                        AND (m.except_agents IS NULL OR instr(m.except_agents, ',' || ?5 || ',') = 0)))
                  ORDER BY r.message_id LIMIT ?6",
             )?;
             let rows = stmt.query_map(
                 params![app, user, after as i64, now, agent, limit as i64],
                 |row| {
-                    Ok(PushedMessage {
+                    let mut message = PushedMessage {
                         id: row.get::<_, i64>(0)?.to_string(),
                         title: row.get(1)?,
                         kind: row.get(2)?,
@@ -555,7 +851,10 @@ impl Store for SqliteStore {
                         event_data: EventData {
                             ext: raw(row.get(6)?),
                         },
-                    })
+                    };
+                    let formats: Option<String> = row.get(7)?;
+                    crate::formats::apply_stored(&mut message, formats.as_deref(), agent.as_deref());
+                    Ok(message)
                 },
             )?;
             rows.collect()
@@ -568,8 +867,8 @@ impl Store for SqliteStore {
         app: &str,
         user: &str,
         ids: Vec<u64>,
-    ) -> Result<u64, StoreError> {
-        self.count(Write::Delivered {
+    ) -> Result<Vec<u64>, StoreError> {
+        self.ids(Write::Delivered {
             app: app.to_owned(),
             user: user.to_owned(),
             ids,
@@ -577,8 +876,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<u64, StoreError> {
-        self.count(Write::Ack {
+    async fn ack(&self, app: &str, user: &str, ids: Vec<u64>) -> Result<Vec<u64>, StoreError> {
+        self.ids(Write::Ack {
             app: app.to_owned(),
             user: user.to_owned(),
             ids,
@@ -612,21 +911,20 @@ impl Store for SqliteStore {
             match (query.receiver, query.status) {
                 (Some(receiver), Some(status)) => {
                     args.push(receiver.into());
-                    args.push(status_code(status).into());
                     filters.push(format!(
-                        "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.user = ?{} AND r.status = ?{})",
-                        args.len() - 1,
-                        args.len()
+                        "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.user = ?{} AND {})",
+                        args.len(),
+                        status_condition(status)
                     ));
                 }
                 (Some(receiver), None) => add(
                     "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.user = ?)",
                     receiver.into(),
                 ),
-                (None, Some(status)) => add(
-                    "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = ?)",
-                    status_code(status).into(),
-                ),
+                (None, Some(status)) => filters.push(format!(
+                    "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {})",
+                    status_condition(status)
+                )),
                 (None, None) => {}
             }
             let filter = if filters.is_empty() {
@@ -673,14 +971,21 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let mut stmt = conn.prepare_cached(
-                "SELECT user, status, updated FROM recipients WHERE message_id = ?1 ORDER BY user",
+                "SELECT user, status, push, updated, reason FROM recipients WHERE message_id = ?1
+                 ORDER BY user",
             )?;
             let recipients = stmt
                 .query_map([id as i64], |r| {
+                    let status = status_from(r.get(1)?, r.get(2)?);
                     Ok(RecipientStatus {
                         user: r.get(0)?,
-                        status: status_from(r.get(1)?),
-                        updated: r.get(2)?,
+                        status,
+                        updated: r.get(3)?,
+                        reason: if status == Status::Failed {
+                            r.get(4)?
+                        } else {
+                            None
+                        },
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -697,8 +1002,13 @@ impl Store for SqliteStore {
         Ok(self.count(Write::Delete(id)).await? > 0)
     }
 
-    async fn sweep(&self, now: i64, keep_expired: i64) -> Result<Swept, StoreError> {
-        match self.write(Write::Sweep { now, keep_expired }).await? {
+    async fn sweep(&self, now: i64, keep_expired: i64, report: usize) -> Result<Swept, StoreError> {
+        let sweep = Write::Sweep {
+            now,
+            keep_expired,
+            report,
+        };
+        match self.write(sweep).await? {
             Written::Swept(s) => Ok(s),
             _ => Err(backend("unexpected answer")),
         }
@@ -805,6 +1115,216 @@ impl Store for SqliteStore {
     async fn trim_topics(&self, cutoffs: Vec<(String, String, i64)>) -> Result<u64, StoreError> {
         self.count(Write::TrimTopics(cutoffs)).await
     }
+
+    async fn record_push(
+        &self,
+        app: &str,
+        id: u64,
+        results: Vec<PushRecord>,
+    ) -> Result<u64, StoreError> {
+        self.count(Write::RecordPush {
+            app: app.to_owned(),
+            id,
+            results,
+        })
+        .await
+    }
+
+    async fn register_device(&self, device: Device) -> Result<Registered, StoreError> {
+        match self.write(Write::RegisterDevice(device)).await? {
+            Written::Registered(r) => Ok(r),
+            _ => Err(backend("unexpected answer")),
+        }
+    }
+
+    async fn remove_devices(&self, selector: DeviceSelector) -> Result<u64, StoreError> {
+        self.count(Write::RemoveDevices(selector)).await
+    }
+
+    async fn remove_device_token(
+        &self,
+        app: &str,
+        way: Way,
+        token: &str,
+    ) -> Result<u64, StoreError> {
+        self.count(Write::RemoveToken {
+            app: app.to_owned(),
+            way,
+            token: token.to_owned(),
+        })
+        .await
+    }
+
+    async fn devices_of(&self, app: &str, users: &[String]) -> Result<Vec<Device>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (app, users) = (app.to_owned(), users.to_vec());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = ?1 AND user = ?2"
+            ))?;
+            let mut devices = Vec::new();
+            for user in &users {
+                for device in stmt.query_map(params![app, user], device_from_row)? {
+                    devices.push(device?);
+                }
+            }
+            Ok(devices)
+        })
+        .await
+    }
+
+    async fn list_devices(&self, query: DeviceQuery) -> Result<Page<Device>, StoreError> {
+        self.read(move |conn| {
+            let filter = "WHERE (?1 IS NULL OR app = ?1) AND (?2 IS NULL OR user = ?2)
+                            AND (?3 IS NULL OR device = ?3) AND (?4 IS NULL OR way = ?4)";
+            let args = params![
+                query.app,
+                query.user,
+                query.device,
+                query.way.map(Way::as_str)
+            ];
+            let total: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM devices {filter}"),
+                args,
+                |r| r.get(0),
+            )?;
+            let size = query.size.clamp(1, 1000);
+            let page = query.page.max(1);
+            let offset = (page - 1).saturating_mul(size);
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices {filter}
+                 ORDER BY app, user, device, way LIMIT {size} OFFSET {offset}"
+            ))?;
+            let items = stmt
+                .query_map(args, device_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page {
+                items,
+                page,
+                size,
+                total: total as u64,
+            })
+        })
+        .await
+    }
+
+    async fn expire_devices(&self, refreshed_before: i64) -> Result<u64, StoreError> {
+        self.count(Write::ExpireDevices(refreshed_before)).await
+    }
+
+    async fn set_terms(
+        &self,
+        app: &str,
+        user: &str,
+        set: TermSet,
+        terms: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.count(Write::SetTerms {
+            app: app.to_owned(),
+            user: user.to_owned(),
+            set,
+            terms,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_preferences(
+        &self,
+        app: &str,
+        user: &str,
+        preferences: Preferences,
+    ) -> Result<(), StoreError> {
+        let doc = (preferences != Preferences::default())
+            .then(|| serde_json::to_string(&preferences).unwrap_or_default());
+        self.count(Write::SetPreferences {
+            app: app.to_owned(),
+            user: user.to_owned(),
+            doc,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn preferences(
+        &self,
+        app: &str,
+        users: &[String],
+    ) -> Result<Vec<(String, Preferences)>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let app = app.to_owned();
+        let users = serde_json::to_string(users).unwrap_or_default();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT user_id, doc FROM preferences
+                 WHERE app = ?1 AND user_id IN (SELECT value FROM json_each(?2))",
+            )?;
+            let rows = stmt.query_map(params![app, users], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (user, doc) = row?;
+                // Written by set_preferences; a damaged row mutes nothing.
+                out.push((user, serde_json::from_str(&doc).unwrap_or_default()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn terms(&self, app: &str, user: &str) -> Result<Vec<String>, StoreError> {
+        let (app, user) = (app.to_owned(), user.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT tag FROM user_tags WHERE app = ?1 AND user_id = ?2 ORDER BY tag",
+            )?;
+            let rows = stmt.query_map(params![app, user], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn resolve(
+        &self,
+        app: &str,
+        expr: &Expr,
+        within: Option<Vec<String>>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (app, expr) = (app.to_owned(), expr.clone());
+        self.read(move |conn| {
+            let mut estimates = std::collections::HashMap::new();
+            if within.is_none() {
+                let mut stmt = conn.prepare_cached(&sql::estimate_sql(Dialect::Sqlite))?;
+                for term in sql::terms_to_estimate(&expr) {
+                    let n: i64 = stmt.query_row(params![app, term], |r| r.get(0))?;
+                    estimates.insert(term, n as u64);
+                }
+            }
+            let query = sql::compile(Dialect::Sqlite, &app, &expr, within, &estimates, limit);
+            let params: Vec<String> = query
+                .params
+                .into_iter()
+                .map(|p| match p {
+                    Param::Text(text) => text,
+                    Param::List(list) => serde_json::to_string(&list).unwrap_or_default(),
+                })
+                .collect();
+            let mut stmt = conn.prepare(&query.sql)?;
+            let mut users = stmt
+                .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            users.sort_unstable();
+            users.dedup();
+            Ok(users)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -814,5 +1334,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = super::SqliteStore::open(dir.path()).unwrap();
         super::super::suite::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn opens_a_store_of_the_version_before_vendor_push() {
+        use crate::store::{PushRecord, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("messages.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE recipients (message_id INTEGER NOT NULL, app TEXT NOT NULL,
+                 user TEXT NOT NULL, status INTEGER NOT NULL, updated INTEGER NOT NULL,
+                 PRIMARY KEY (message_id, user)) WITHOUT ROWID;
+             INSERT INTO recipients VALUES (7, 'default', 'old', 0, 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = super::SqliteStore::open(dir.path()).unwrap();
+        let pushed = vec![PushRecord {
+            user: "old".into(),
+            pushed: false,
+            reason: Some("no".into()),
+        }];
+        assert_eq!(store.record_push("default", 7, pushed).await.unwrap(), 1);
     }
 }

@@ -3,7 +3,13 @@
 use mps_proto::Status;
 use serde_json::value::RawValue;
 
-use super::{Claimed, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage, Store, TopicEntry};
+use super::{
+    Claimed, DeviceQuery, DeviceSelector, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage,
+    PushRecord, Registered, Store, TermSet, TopicEntry,
+};
+use crate::audience::Audience;
+use crate::hub::AgentFilter;
+use crate::push::{Device, Way};
 
 fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) -> NewMessage {
     NewMessage {
@@ -13,7 +19,8 @@ fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) 
         kind: 1,
         component: Some("esbm".into()),
         sender: Some("report".into()),
-        agents: agents.map(|a| a.iter().map(|s| s.to_string()).collect()),
+        agents: AgentFilter::only(agents.map(|a| a.iter().map(|s| s.to_string()).collect())),
+        formats: Default::default(),
         content: RawValue::from_string(format!(r#"{{"n":{id}}}"#)).unwrap(),
         created: 1_000 + id as i64,
         expires,
@@ -30,6 +37,550 @@ pub async fn run(store: &dyn Store) {
     delete_and_sweep(store).await;
     topic_logs_resume_and_trim(store).await;
     idempotency_keys(store).await;
+    push_results_keep_messages_owed(store).await;
+    devices_register_refresh_and_move(store).await;
+    devices_removed_by_selector_token_and_age(store).await;
+    tags_and_audiences(store).await;
+    agents_excepted(store).await;
+    preferences_replaced_and_read(store).await;
+    formats_shape_what_an_agent_is_owed(store).await;
+}
+
+async fn formats_shape_what_an_agent_is_owed(store: &dyn Store) {
+    let mut m = message(92, &["fm"], None, FAR);
+    m.formats = std::collections::BTreeMap::from([(
+        "ios".to_owned(),
+        mps_proto::Format {
+            title: Some("for ios".into()),
+            content: Some(RawValue::from_string(r#"{"aps":1}"#.into()).unwrap()),
+        },
+    )]);
+    store.insert(m).await.unwrap();
+    let ios = store
+        .pending("default", "fm", Some("ios"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(ios[0].title.as_deref(), Some("for ios"));
+    assert_eq!(ios[0].event_data.ext.get(), r#"{"aps":1}"#);
+    for agent in [Some("bs"), None] {
+        let plain = store.pending("default", "fm", agent, 0, 10).await.unwrap();
+        assert_eq!(plain[0].title.as_deref(), Some("title 92"));
+        assert_eq!(plain[0].event_data.ext.get(), r#"{"n":92}"#);
+    }
+    let record = store.get(92).await.unwrap().unwrap();
+    assert_eq!(
+        record.formats.unwrap()["ios"].title.as_deref(),
+        Some("for ios")
+    );
+    assert!(store.get(91).await.unwrap().unwrap().formats.is_none());
+}
+
+async fn preferences_replaced_and_read(store: &dyn Store) {
+    let prefs = mps_proto::Preferences {
+        muted_components: vec!["oa".into()],
+        muted_channels: vec!["fcm".into()],
+        quiet_hours: Some(mps_proto::QuietHours {
+            start: "22:00".into(),
+            end: "07:00".into(),
+            utc_offset: Some("+08:00".into()),
+        }),
+    };
+    store
+        .set_preferences("default", "p1", prefs.clone())
+        .await
+        .unwrap();
+    let other = mps_proto::Preferences {
+        muted_channels: vec!["apns".into()],
+        ..Default::default()
+    };
+    store
+        .set_preferences("oa", "p1", other.clone())
+        .await
+        .unwrap();
+    let users = terms(&["p1", "p2"]);
+    assert_eq!(
+        store.preferences("default", &users).await.unwrap(),
+        [("p1".to_owned(), prefs)]
+    );
+    assert_eq!(
+        store.preferences("oa", &users).await.unwrap(),
+        [("p1".to_owned(), other.clone())]
+    );
+    // Replaced; empty ones are removed.
+    let replaced = mps_proto::Preferences {
+        muted_components: vec!["esbm".into()],
+        ..Default::default()
+    };
+    store
+        .set_preferences("default", "p1", replaced.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.preferences("default", &users).await.unwrap(),
+        [("p1".to_owned(), replaced)]
+    );
+    store
+        .set_preferences("default", "p1", Default::default())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .preferences("default", &users)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.preferences("default", &[]).await.unwrap().is_empty());
+}
+
+async fn push_results_keep_messages_owed(store: &dyn Store) {
+    store
+        .insert(message(61, &["v1", "v2", "v3"], None, FAR))
+        .await
+        .unwrap();
+    let results = vec![
+        PushRecord {
+            user: "v1".into(),
+            pushed: true,
+            reason: None,
+        },
+        PushRecord {
+            user: "v2".into(),
+            pushed: false,
+            reason: Some("apns: BadDeviceToken".into()),
+        },
+    ];
+    assert_eq!(store.record_push("default", 61, results).await.unwrap(), 2);
+    let record = store.get(61).await.unwrap().unwrap();
+    let recipients = record.recipients.unwrap();
+    let by_user = |u: &str| recipients.iter().find(|r| r.user == u).unwrap().clone();
+    assert_eq!(by_user("v1").status, Status::Pushed);
+    assert_eq!(by_user("v1").reason, None);
+    assert_eq!(by_user("v2").status, Status::Failed);
+    assert_eq!(
+        by_user("v2").reason.as_deref(),
+        Some("apns: BadDeviceToken")
+    );
+    assert_eq!(by_user("v3").status, Status::Pending);
+    assert_eq!(record.summary.get(&Status::Pushed), Some(&1));
+    assert_eq!(record.summary.get(&Status::Failed), Some(&1));
+    assert_eq!(record.summary.get(&Status::Pending), Some(&1));
+    // Pushed and failed recipients are still owed the message on their live channel.
+    for user in ["v1", "v2"] {
+        let pending = store.pending("default", user, None, 0, 10).await.unwrap();
+        assert_eq!(pending.len(), 1, "{user}");
+    }
+    let pushed = |status| MessageQuery {
+        status: Some(status),
+        receiver: Some("v1".into()),
+        page: 1,
+        size: 10,
+        ..MessageQuery::default()
+    };
+    assert_eq!(store.list(pushed(Status::Pushed)).await.unwrap().total, 1);
+    assert_eq!(store.list(pushed(Status::Pending)).await.unwrap().total, 0);
+    let failed = MessageQuery {
+        status: Some(Status::Failed),
+        page: 1,
+        size: 10,
+        ..MessageQuery::default()
+    };
+    assert_eq!(store.list(failed).await.unwrap().total, 1);
+    // Then delivered and acked as usual; a late push result changes nothing after that.
+    assert_eq!(
+        store
+            .mark_delivered("default", "v1", vec![61])
+            .await
+            .unwrap(),
+        [61]
+    );
+    assert_eq!(store.ack("default", "v2", vec![61]).await.unwrap(), [61]);
+    let late = vec![PushRecord {
+        user: "v1".into(),
+        pushed: false,
+        reason: Some("late".into()),
+    }];
+    assert_eq!(store.record_push("default", 61, late).await.unwrap(), 0);
+    let record = store.get(61).await.unwrap().unwrap();
+    let recipients = record.recipients.unwrap();
+    assert_eq!(recipients[0].status, Status::Delivered);
+    assert_eq!(recipients[0].reason, None);
+    assert_eq!(recipients[1].status, Status::Acked);
+    // An expired message leaves pushed recipients expired too.
+    store
+        .insert(message(62, &["v4"], None, 20_000))
+        .await
+        .unwrap();
+    let results = vec![PushRecord {
+        user: "v4".into(),
+        pushed: true,
+        reason: None,
+    }];
+    store.record_push("default", 62, results).await.unwrap();
+    let swept = store.sweep(30_000, 1_000_000, 10).await.unwrap();
+    assert!(
+        swept.reported.iter().any(|r| r.id == 62 && r.user == "v4"),
+        "{swept:?}"
+    );
+    let record = store.get(62).await.unwrap().unwrap();
+    assert_eq!(record.recipients.unwrap()[0].status, Status::Expired);
+}
+
+fn device(user: &str, device: &str, way: Way, token: &str, refreshed: i64) -> Device {
+    Device {
+        app: "default".into(),
+        user: user.into(),
+        agent: "ios".into(),
+        device: device.into(),
+        way,
+        token: token.into(),
+        components: vec!["esbm".into()],
+        refreshed,
+    }
+}
+
+async fn devices_register_refresh_and_move(store: &dyn Store) {
+    let phone = device("r1", "phone", Way::Apns, "aa01", 1_000);
+    assert_eq!(
+        store.register_device(phone.clone()).await.unwrap(),
+        Registered {
+            created: true,
+            taken_from: vec![],
+        }
+    );
+    // The same device and way again is a refresh: new token, components and time.
+    let mut refreshed = phone.clone();
+    refreshed.token = "aa02".into();
+    refreshed.components = vec![];
+    refreshed.refreshed = 2_000;
+    assert!(
+        !store
+            .register_device(refreshed.clone())
+            .await
+            .unwrap()
+            .created
+    );
+    store
+        .register_device(device("r1", "phone", Way::Fcm, "fcm-1", 2_000))
+        .await
+        .unwrap();
+    let mine = store
+        .devices_of("default", &["r1".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 2);
+    assert!(mine.contains(&refreshed), "{mine:?}");
+    // The token moves to another user: it belongs to one user at a time.
+    let taken = store
+        .register_device(device("r2", "tablet", Way::Apns, "aa02", 3_000))
+        .await
+        .unwrap();
+    assert_eq!(taken.taken_from, vec!["r1".to_owned()]);
+    let left: Vec<Way> = store
+        .devices_of("default", &["r1".to_owned()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.way)
+        .collect();
+    assert_eq!(left, [Way::Fcm]);
+    // The same token under another device id of the same user moves too, silently.
+    let moved = store
+        .register_device(device("r2", "tablet-2", Way::Apns, "aa02", 3_100))
+        .await
+        .unwrap();
+    assert!(moved.created && moved.taken_from.is_empty(), "{moved:?}");
+    // Tokens are per way and per app.
+    let mut other_app = device("r3", "phone", Way::Apns, "aa02", 3_000);
+    other_app.app = "oa".into();
+    store.register_device(other_app).await.unwrap();
+    store
+        .register_device(device("r3", "phone", Way::Fcm, "aa02", 3_000))
+        .await
+        .unwrap();
+    let both = store
+        .devices_of(
+            "default",
+            &["r1".to_owned(), "r2".to_owned(), "r3".to_owned()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 3, "{both:?}");
+    // The operator's listing, filtered and paged.
+    let page = store
+        .list_devices(DeviceQuery {
+            user: Some("r2".into()),
+            page: 1,
+            size: 10,
+            ..DeviceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.items[0].device, "tablet-2");
+    let page = store
+        .list_devices(DeviceQuery {
+            app: Some("oa".into()),
+            way: Some(Way::Apns),
+            page: 1,
+            size: 10,
+            ..DeviceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    let all = store
+        .list_devices(DeviceQuery {
+            page: 2,
+            size: 2,
+            ..DeviceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.total, 4);
+    assert_eq!(all.items.len(), 2);
+}
+
+async fn devices_removed_by_selector_token_and_age(store: &dyn Store) {
+    for (user, dev, way, token) in [
+        ("x1", "phone", Way::Apns, "bb01"),
+        ("x1", "phone", Way::Fcm, "x1-fcm"),
+        (
+            "x1",
+            "laptop",
+            Way::Webpush,
+            r#"{"endpoint":"https://push.example/x1"}"#,
+        ),
+        ("x2", "phone", Way::Apns, "bb02"),
+    ] {
+        store
+            .register_device(device(user, dev, way, token, 10_000))
+            .await
+            .unwrap();
+    }
+    let select = |device: Option<&str>, way: Option<Way>| DeviceSelector {
+        app: "default".into(),
+        user: "x1".into(),
+        device: device.map(str::to_owned),
+        way,
+    };
+    // One way of one device.
+    assert_eq!(
+        store
+            .remove_devices(select(Some("phone"), Some(Way::Fcm)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .remove_devices(select(Some("phone"), Some(Way::Fcm)))
+            .await
+            .unwrap(),
+        0
+    );
+    // Another user's selector never reaches x2.
+    assert_eq!(
+        store
+            .remove_devices(select(None, Some(Way::Apns)))
+            .await
+            .unwrap(),
+        1
+    );
+    // Logout: everything of the user.
+    assert_eq!(store.remove_devices(select(None, None)).await.unwrap(), 1);
+    let users = ["x1".to_owned(), "x2".to_owned()];
+    assert_eq!(store.devices_of("default", &users).await.unwrap().len(), 1);
+    // The vendor says the token is gone.
+    assert_eq!(
+        store
+            .remove_device_token("default", Way::Fcm, "bb02")
+            .await
+            .unwrap(),
+        0,
+        "tokens are per way"
+    );
+    assert_eq!(
+        store
+            .remove_device_token("default", Way::Apns, "bb02")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .devices_of("default", &users)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Expiry by refresh time.
+    store
+        .register_device(device("x3", "old", Way::Fcm, "x3-old", 5_000))
+        .await
+        .unwrap();
+    store
+        .register_device(device("x3", "new", Way::Fcm, "x3-new", 9_000))
+        .await
+        .unwrap();
+    let everything = || DeviceQuery {
+        page: 1,
+        size: 1000,
+        ..DeviceQuery::default()
+    };
+    let before = store.list_devices(everything()).await.unwrap().total;
+    // Every earlier registration of the suite is older than 9 s too.
+    assert_eq!(store.expire_devices(9_000).await.unwrap(), before - 1);
+    let left = store.list_devices(everything()).await.unwrap().items;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].user.as_str(), left[0].device.as_str()),
+        ("x3", "new")
+    );
+}
+
+fn terms(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn resolve(store: &dyn Store, app: &str, text: &str, within: Option<&[&str]>) -> Vec<String> {
+    let expr = Audience::parse(text).unwrap().users.unwrap();
+    store
+        .resolve(app, &expr, within.map(terms), 100)
+        .await
+        .unwrap()
+}
+
+async fn tags_and_audiences(store: &dyn Store) {
+    let people: &[(&str, &[&str], &[&str])] = &[
+        ("ann", &["tag:vip", "tag:beta"], &["lang:zh", "region:cn"]),
+        ("ben", &["tag:vip"], &["lang:en", "region:eu"]),
+        ("cat", &["tag:beta"], &["lang:zh", "region:hong kong"]),
+        ("dan", &[], &["lang:en"]),
+    ];
+    for (user, tags, attributes) in people {
+        store
+            .set_terms("default", user, TermSet::Tags, terms(tags))
+            .await
+            .unwrap();
+        store
+            .set_terms("default", user, TermSet::Attributes, terms(attributes))
+            .await
+            .unwrap();
+    }
+    // Another app's users are apart.
+    store
+        .set_terms("oa", "ann", TermSet::Tags, terms(&["tag:vip"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.terms("default", "ann").await.unwrap(),
+        ["lang:zh", "region:cn", "tag:beta", "tag:vip"]
+    );
+    // Replacing the tags leaves the attributes, and the other way round.
+    store
+        .set_terms(
+            "default",
+            "ann",
+            TermSet::Tags,
+            terms(&["tag:vip", "tag:new"]),
+        )
+        .await
+        .unwrap();
+    store
+        .set_terms("default", "dan", TermSet::Attributes, terms(&["lang:ja"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.terms("default", "ann").await.unwrap(),
+        ["lang:zh", "region:cn", "tag:new", "tag:vip"]
+    );
+    assert_eq!(store.terms("default", "dan").await.unwrap(), ["lang:ja"]);
+    assert!(store.terms("default", "nobody").await.unwrap().is_empty());
+
+    let cases: &[(&str, &[&str])] = &[
+        ("tag:vip", &["ann", "ben"]),
+        ("tag:vip AND lang:zh", &["ann"]),
+        ("tag:vip OR lang:zh", &["ann", "ben", "cat"]),
+        ("NOT tag:vip", &["cat", "dan"]),
+        ("lang:zh AND NOT tag:vip", &["cat"]),
+        ("region:\"hong kong\" OR user:dan", &["cat", "dan"]),
+        (
+            "(tag:vip OR tag:beta) AND NOT (lang:en OR region:cn)",
+            &["cat"],
+        ),
+        ("user:zed", &["zed"]),
+        ("user:zed AND tag:vip", &[]),
+        ("NOT NOT tag:beta", &["cat"]),
+        ("tag:none", &[]),
+        ("tag:vip AND NOT agent:cs", &["ann", "ben"]),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(
+            resolve(store, "default", text, None).await,
+            *expected,
+            "{text}"
+        );
+    }
+    assert_eq!(resolve(store, "oa", "tag:vip", None).await, ["ann"]);
+    // Among given users (the online ones).
+    let online = &["ben", "cat", "zed"][..];
+    assert_eq!(
+        resolve(store, "default", "tag:vip", Some(online)).await,
+        ["ben"]
+    );
+    assert_eq!(
+        resolve(store, "default", "NOT tag:vip", Some(online)).await,
+        ["cat", "zed"]
+    );
+    // The limit cuts the answer (the engine asks for one more than it accepts).
+    let expr = Audience::parse("tag:vip OR lang:zh")
+        .unwrap()
+        .users
+        .unwrap();
+    assert_eq!(
+        store
+            .resolve("default", &expr, None, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+async fn agents_excepted(store: &dyn Store) {
+    let mut m = message(91, &["ex"], None, FAR);
+    m.agents = AgentFilter::Except(vec!["cs".into(), "bs".into()]);
+    store.insert(m).await.unwrap();
+    let ids = |list: Vec<mps_proto::PushedMessage>| list.len();
+    assert_eq!(
+        ids(store
+            .pending("default", "ex", Some("ios"), 0, 10)
+            .await
+            .unwrap()),
+        1
+    );
+    assert_eq!(
+        ids(store
+            .pending("default", "ex", Some("cs"), 0, 10)
+            .await
+            .unwrap()),
+        0
+    );
+    assert_eq!(
+        ids(store
+            .pending("default", "ex", Some("bs"), 0, 10)
+            .await
+            .unwrap()),
+        0
+    );
+    assert_eq!(
+        ids(store.pending("default", "ex", None, 0, 10).await.unwrap()),
+        1
+    );
+    let record = store.get(91).await.unwrap().unwrap();
+    assert_eq!(record.agents, None);
+    assert_eq!(record.except_agents.unwrap(), ["cs", "bs"]);
 }
 
 fn key(app: &str, key: &str, id: u64, created: i64) -> IdempotencyKey {
@@ -122,7 +673,7 @@ async fn idempotency_keys(store: &dyn Store) {
     );
     // The sweep deletes keys lapsed at its `now`: a write dated before the lapse finds the
     // key gone.
-    store.sweep(7_000, 0).await.unwrap();
+    store.sweep(7_000, 0, 0).await.unwrap();
     assert_eq!(
         store
             .write_keyed(key("default", "order-1", 59, 6_100), KeyedWrite::KeyOnly)
@@ -240,17 +791,18 @@ async fn delivery_and_ack_change_status(store: &dyn Store) {
         .unwrap();
     assert_eq!(
         store
-            .mark_delivered("default", "d1", vec![21])
+            .mark_delivered("default", "d1", vec![21, 998])
             .await
             .unwrap(),
-        1
+        [21],
+        "the ids that changed"
     );
-    assert_eq!(
+    assert!(
         store
             .mark_delivered("default", "d1", vec![21])
             .await
-            .unwrap(),
-        0
+            .unwrap()
+            .is_empty()
     );
     assert!(
         store
@@ -259,18 +811,34 @@ async fn delivery_and_ack_change_status(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.ack("default", "d1", vec![21, 999]).await.unwrap(), 1);
-    assert_eq!(store.ack("default", "d2", vec![21]).await.unwrap(), 1);
-    // Acked never goes back to delivered.
     assert_eq!(
+        store.ack("default", "d1", vec![21, 999]).await.unwrap(),
+        [21]
+    );
+    assert_eq!(store.ack("default", "d2", vec![21]).await.unwrap(), [21]);
+    assert!(
+        store
+            .ack("default", "d2", vec![21])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Acked never goes back to delivered.
+    assert!(
         store
             .mark_delivered("default", "d2", vec![21])
             .await
-            .unwrap(),
-        0
+            .unwrap()
+            .is_empty()
     );
     // Another user's ack changes nothing.
-    assert_eq!(store.ack("default", "intruder", vec![21]).await.unwrap(), 0);
+    assert!(
+        store
+            .ack("default", "intruder", vec![21])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let record = store.get(21).await.unwrap().unwrap();
     let recipients = record.recipients.unwrap();
     assert_eq!(recipients.len(), 2);
@@ -349,9 +917,19 @@ async fn delete_and_sweep(store: &dyn Store) {
         .insert(message(43, &["s2"], None, 9_000))
         .await
         .unwrap();
+    store
+        .insert(message(44, &["s3", "s4"], None, 8_000))
+        .await
+        .unwrap();
     store.ack("default", "s2", vec![43]).await.unwrap();
-    let swept = store.sweep(10_000, 4_000).await.unwrap();
-    assert_eq!(swept.expired, 1, "only the unacked one expires");
+    let swept = store.sweep(10_000, 4_000, 2).await.unwrap();
+    assert_eq!(swept.expired, 3, "only the unacked ones expire");
+    assert_eq!(swept.reported.len(), 2, "as many listed as asked for");
+    let expected = [(42, "s2"), (44, "s3"), (44, "s4")];
+    for r in &swept.reported {
+        assert_eq!(r.app, "default");
+        assert!(expected.contains(&(r.id, r.user.as_str())), "{r:?}");
+    }
     assert_eq!(
         swept.deleted, 1,
         "only the one expired before the retention"

@@ -3,13 +3,18 @@
 //! none holds delivery logic of its own.
 //!
 //! - [`ws`]: `GET /ws` (the Message Push Protocol; the first frame carries the token) and
-//!   `GET /websocket/{token}` (token checked before the upgrade), both driven by [`session`].
+//!   `GET /websocket/{token}` (token checked before the upgrade), both driven by [`session`];
+//!   a first frame that opens or turns off a vendor push mode is a short connection
+//!   ([`push_mode`]).
 //! - [`sse`]: `GET /sse`, Server-Sent Events.
 //! - [`poll`]: `GET /poll`, long and short polling.
 //! - [`socket`]: the seam to the WebSocket library.
+//! - [`echo`]: a WebSocket echo for the conformance suite, off unless configured.
 
 pub mod catchup;
+pub mod echo;
 pub mod poll;
+pub mod push_mode;
 pub mod session;
 pub mod socket;
 pub mod sse;
@@ -33,13 +38,23 @@ pub fn count_bad_input(kind: &'static str) {
     metrics::counter!("mps_bad_input_total", "kind" => kind).increment(1);
 }
 
-/// Why a login was refused: a stable code, a message, and whether it is about rights (403)
-/// rather than shape (400).
+/// Why a login was refused: a stable code, a message, and its kind.
 #[derive(Debug)]
 pub struct Refusal {
     pub code: &'static str,
     pub message: String,
-    pub forbidden: bool,
+    pub kind: RefusalKind,
+}
+
+/// The kind of a refusal decides the HTTP status and the WebSocket close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The request is malformed (400, close 4400).
+    Invalid,
+    /// The token does not allow it (403, close 4403).
+    Forbidden,
+    /// Over a limit (429, close 4429).
+    TooMany,
 }
 
 impl Refusal {
@@ -47,20 +62,57 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
-            forbidden: false,
+            kind: RefusalKind::Invalid,
+        }
+    }
+
+    /// A refusal by a limit, counted under `limit`.
+    fn too_many(
+        limit: crate::limits::Limit,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        crate::limits::rejected(limit);
+        Refusal {
+            code,
+            message: message.into(),
+            kind: RefusalKind::TooMany,
+        }
+    }
+
+    /// The WebSocket close code that follows this refusal.
+    pub fn close_code(&self) -> u16 {
+        match self.kind {
+            RefusalKind::Invalid => mps_proto::close::PROTOCOL,
+            RefusalKind::Forbidden => mps_proto::close::KICKED,
+            RefusalKind::TooMany => mps_proto::close::TOO_MANY,
         }
     }
 }
 
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
-        let status = if r.forbidden {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::BAD_REQUEST
+        let status = match r.kind {
+            RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+            RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+            RefusalKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
         };
         ApiError::new(status, r.code, r.message)
     }
+}
+
+/// Counts a WebSocket login (an open frame) against `limits.client_rate`.
+pub fn check_login_rate(state: &ServerState, identity: &Identity) -> Result<(), Refusal> {
+    state.rates.client(identity).map_err(|wait| {
+        Refusal::too_many(
+            crate::limits::Limit::ClientRate,
+            "rate_limited",
+            format!(
+                "too many logins and requests of this user; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+        )
+    })
 }
 
 /// What a client asks for when it logs in, on any transport.
@@ -78,6 +130,8 @@ pub struct Login {
     pub info: ConnInfo,
     pub subscriptions: Subscriptions,
     pub last_id: u64,
+    /// `X-Request-Id` of the request that opened the connection, for its log lines.
+    pub request_id: Option<Box<str>>,
 }
 
 /// Checks a login request against the identity and the limits.
@@ -118,11 +172,9 @@ pub fn check_login(
         },
         subscriptions,
         last_id,
+        request_id: None,
     })
 }
-
-/// Most components one connection may subscribe to.
-pub const MAX_COMPONENTS: usize = 256;
 
 /// Checks components and topic patterns, including the token's topic claim.
 pub fn check_subscriptions(
@@ -130,10 +182,12 @@ pub fn check_subscriptions(
     identity: &Identity,
     subscriptions: &Subscriptions,
 ) -> Result<(), Refusal> {
-    if subscriptions.components.len() > MAX_COMPONENTS {
+    let max_components = state.config.connection.max_components;
+    if subscriptions.components.len() > max_components {
+        crate::limits::rejected(crate::limits::Limit::Subscriptions);
         return Err(Refusal::invalid(
             "invalid_client",
-            format!("at most {MAX_COMPONENTS} components"),
+            format!("at most {max_components} components"),
         ));
     }
     for c in &subscriptions.components {
@@ -142,6 +196,7 @@ pub fn check_subscriptions(
     }
     let topics = &state.config.topics;
     if subscriptions.topics.len() > topics.max_subscriptions {
+        crate::limits::rejected(crate::limits::Limit::Subscriptions);
         return Err(Refusal::invalid(
             "invalid_topic",
             format!("at most {} topic patterns", topics.max_subscriptions),
@@ -154,7 +209,7 @@ pub fn check_subscriptions(
             return Err(Refusal {
                 code: "forbidden_topic",
                 message: format!("the token may not subscribe to {pattern:?}"),
-                forbidden: true,
+                kind: RefusalKind::Forbidden,
             });
         }
     }
@@ -162,20 +217,26 @@ pub fn check_subscriptions(
 }
 
 /// Query parameters of the HTTP-based transports (`/websocket/{token}`, `/sse`, `/poll`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClientQuery {
+    /// Client token, when not sent as `Authorization: Bearer` (`/sse`, `/poll`).
     pub token: Option<String>,
+    /// `bs`, `cs`, `ios`, `android` or another short name (default `bs`).
     pub agent: Option<String>,
+    /// The client's own device id, shown in the list of online clients.
     pub device: Option<String>,
     /// Comma-separated component set.
     pub components: Option<String>,
     /// Comma-separated topic patterns.
     pub topics: Option<String>,
-    /// SSE: last id seen (the `Last-Event-ID` header wins).
+    /// SSE and `/websocket/{token}`: last id seen, to resume from (the `Last-Event-ID` header
+    /// wins).
     pub last_id: Option<String>,
     /// Polling: last id seen.
     pub since: Option<String>,
-    /// Polling: seconds to wait.
+    /// Polling: seconds to wait, 0 to 60 (default 25; 0 answers at once).
+    #[param(maximum = 60)]
     pub timeout: Option<u64>,
 }
 
@@ -246,11 +307,17 @@ pub fn verify_client(
         .and_then(bearer)
         .or(query_token)
         .unwrap_or("");
-    state.auth.verify(token).map_err(|e| {
+    let identity = state.auth.verify(token).map_err(|e| {
         count_bad_input(e.code());
         ApiError::from(e)
-    })
+    })?;
+    state.client_request(&identity)?;
+    Ok(identity)
 }
+
+/// Log target of the one line per connection opened and closed (`log.level =
+/// "info,mps::connections=warn"` silences them).
+pub const CONNECTIONS: &str = "mps::connections";
 
 /// A registered connection that leaves the hub when dropped, however its transport ends.
 pub struct Registration {
@@ -258,30 +325,58 @@ pub struct Registration {
     pub conn: Arc<Conn>,
     /// Why the connection ended (a metrics label); set by the transport.
     pub reason: &'static str,
+    /// The WebSocket close code the server sent, if any; set by the transport.
+    pub close_code: Option<u16>,
+    request_id: Option<Box<str>>,
 }
 
 impl Registration {
-    pub fn new(state: &ServerState, login: &Login) -> Registration {
+    /// Registers a checked login with the hub; refused when its user already has
+    /// `limits.connections_per_user` connections on this node.
+    pub fn new(state: &ServerState, login: &Login) -> Result<Registration, Refusal> {
         let conn = state
             .hub
-            .register(login.info.clone(), login.subscriptions.clone());
+            .register(login.info.clone(), login.subscriptions.clone())
+            .map_err(|full| {
+                Refusal::too_many(
+                    crate::limits::Limit::ConnectionsPerUser,
+                    "too_many_connections",
+                    format!("the user already has {} connections", full.0),
+                )
+            })?;
         if conn.info.transport != "poll" {
             metrics::counter!("mps_logins_total", "transport" => conn.info.transport).increment(1);
-            tracing::debug!(
+            let info = &conn.info;
+            tracing::info!(
+                target: CONNECTIONS,
                 conn = conn.id,
-                app = %conn.info.app,
-                user = %conn.info.user,
-                agent = %conn.info.agent,
-                transport = conn.info.transport,
-                remote = %conn.info.remote,
+                app = %info.app,
+                user = %info.user,
+                agent = %info.agent,
+                device = info.device.as_deref(),
+                transport = info.transport,
+                remote = %info.remote,
+                node = state.hub.node(),
+                request_id = login.request_id.as_deref(),
                 "client connected"
             );
+            crate::webhooks::client_connected(&conn, state.hub.node());
         }
-        Registration {
+        Ok(Registration {
             hub: state.hub.clone(),
             conn,
             reason: "client_closed",
-        }
+            close_code: None,
+            request_id: login.request_id.clone(),
+        })
+    }
+
+    /// [`Registration::new`] for an HTTP transport: a refusal is the JSON error answer.
+    pub fn http(state: &ServerState, login: &Login) -> Result<Registration, ApiError> {
+        Registration::new(state, login).map_err(|refusal| {
+            count_bad_input(refusal.code);
+            ApiError::from(refusal).retry_after(1)
+        })
     }
 }
 
@@ -291,14 +386,24 @@ impl Drop for Registration {
         let info = &self.conn.info;
         if info.transport != "poll" {
             metrics::counter!("mps_disconnects_total", "reason" => self.reason).increment(1);
-            tracing::debug!(
+            let duration_ms = (crate::id::now_ms() as i64 - info.login).max(0);
+            tracing::info!(
+                target: CONNECTIONS,
                 conn = self.conn.id,
                 app = %info.app,
                 user = %info.user,
                 agent = %info.agent,
+                device = info.device.as_deref(),
+                transport = info.transport,
+                remote = %info.remote,
+                node = self.hub.node(),
+                request_id = self.request_id.as_deref(),
                 reason = self.reason,
+                close_code = self.close_code,
+                duration_ms,
                 "client disconnected"
             );
+            crate::webhooks::client_disconnected(&self.conn, self.hub.node(), self.reason);
         }
     }
 }

@@ -14,6 +14,7 @@ use mps_proto::{Frame, PushedMessage};
 
 use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, count_bad_input, verify_client};
+use crate::api::openapi::{BadRequest, Forbidden, Unauthorized, Unavailable};
 use crate::api::{ApiError, Params};
 use crate::hub::Outbound;
 use crate::server::ServerState;
@@ -24,6 +25,26 @@ pub const MAX_WAIT: u64 = 60;
 /// Most messages one poll returns; the next poll continues from the last id.
 const MAX_MESSAGES: usize = 1000;
 
+/// Long and short polling.
+///
+/// Answers at once when messages are owed after `since`, else when one arrives or `timeout`
+/// seconds pass (0: at once). Directed messages returned are marked delivered. An `MPS-Reset`
+/// header lists the topic patterns whose retained log no longer reaches back to `since`.
+#[utoipa::path(
+    get,
+    path = "/poll",
+    tag = "transports",
+    security(("client_token" = []), ("client_token_query" = [])),
+    params(ClientQuery),
+    responses(
+        (status = 200, description = "The messages owed, oldest first", body = Vec<PushedMessage>,
+         headers(("MPS-Reset" = String, description = "Comma-separated topic patterns whose history was cut"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn poll(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -45,7 +66,10 @@ pub async fn poll(
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };
-    let registration = Registration::new(&state, &login);
+    let registration = match Registration::http(&state, &login) {
+        Ok(registration) => registration,
+        Err(e) => return e.into_response(),
+    };
     let conn = &registration.conn;
     let mut catchup = CatchUp::new(login.last_id);
     let mut owed = Vec::new();

@@ -9,38 +9,66 @@ use bytes::Bytes;
 use mps_proto::{ClientInfo, Frame, close, frame::kind};
 
 use super::catchup::CatchUp;
-use super::socket::{Failure, Inbound, Socket};
+use super::socket::{CLOSE_WAIT, Failure, Inbound, Socket};
 use super::{Registration, count_bad_input};
 use crate::engine::{EngineError, encode};
 use crate::hub::{CloseReason, Conn, Outbound, Subscriptions};
+use crate::limits::TokenBucket;
 use crate::server::ServerState;
 
 /// The close code and reason for a read failure.
 pub fn failure_close(failure: Failure) -> (u16, &'static str, &'static str) {
     match failure {
-        Failure::TooBig => (close::TOO_BIG, "frame too large", "too_big"),
+        Failure::TooBig => {
+            crate::limits::rejected(crate::limits::Limit::FrameSize);
+            (close::TOO_BIG, "frame too large", "too_big")
+        }
         Failure::BadUtf8 => (close::INVALID_UTF8, "invalid UTF-8", "bad_utf8"),
-        Failure::Protocol => (close::PROTOCOL, "WebSocket protocol error", "ws_protocol"),
+        Failure::Protocol => (
+            close::WS_PROTOCOL,
+            "WebSocket protocol error",
+            "ws_protocol",
+        ),
         Failure::Io => (close::PROTOCOL, "connection error", "io"),
     }
 }
 
+/// Runs the session on a task of its own until it ends.
+///
+/// Idle sessions are what a node holds by the ten thousand, so their task is kept to the
+/// session alone: the upgrade's task (hyper's upgrade future, the library's handshake state,
+/// the open phase and their copies of the socket) ends here instead of staying around it for
+/// the connection's life, which halves the memory of an idle connection.
+pub fn spawn(state: Arc<ServerState>, socket: Socket, registration: Registration, last_id: u64) {
+    tokio::spawn(run(state, socket, registration, last_id));
+}
+
 /// Runs the session until it ends; the connection leaves the hub with the registration.
-pub async fn run(
+///
+/// Not an `async fn`: those keep a second copy of by-value arguments (the socket) in their
+/// state. The block below borrows its captures in place.
+// `registration.reason` is read by the registration's drop, when the session is over.
+#[allow(unused_assignments, clippy::manual_async_fn)]
+fn run(
     state: Arc<ServerState>,
     mut socket: Socket,
     mut registration: Registration,
     last_id: u64,
-) {
-    registration.reason = Session {
-        state: &state,
-        conn: &registration.conn,
-        errors: 0,
-        last_seen: Instant::now(),
-        catchup: CatchUp::new(last_id),
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let now = Instant::now();
+        registration.reason = Session {
+            state: &state,
+            conn: &registration.conn,
+            errors: 0,
+            last_seen: now,
+            rate: TokenBucket::full(state.config.limits.message_burst, now),
+            catchup: CatchUp::new(last_id),
+        }
+        .drive(&mut socket)
+        .await;
+        registration.close_code = socket.closed_with();
     }
-    .drive(&mut socket)
-    .await;
 }
 
 struct Session<'a> {
@@ -48,6 +76,8 @@ struct Session<'a> {
     conn: &'a Arc<Conn>,
     errors: u32,
     last_seen: Instant,
+    /// Frames the client may still send now (`limits.message_rate`, `message_burst`).
+    rate: TokenBucket,
     catchup: CatchUp,
 }
 
@@ -95,19 +125,31 @@ impl Session<'_> {
                             CloseReason::Kicked => (close::KICKED, "disconnected by operator", "kicked"),
                             CloseReason::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
                         };
-                        socket.close(code, text).await;
+                        if reason == CloseReason::SlowConsumer {
+                            // Out of the hub at once. The close frame waits behind what the
+                            // peer has not read yet: it gets it if it reads again within the
+                            // time a silent peer is given, and knows it was too slow.
+                            self.state.hub.unregister(conn);
+                            socket.close_within(code, text, timeout).await;
+                        } else {
+                            socket.close(code, text).await;
+                        }
                         return label;
                     }
                 }
                 inbound = socket.recv() => {
-                    self.last_seen = Instant::now();
+                    let now = Instant::now();
+                    self.last_seen = now;
+                    if !matches!(inbound, Inbound::Closed | Inbound::Failed(_)) && self.over_rate(now) {
+                        return Box::pin(rate_exceeded(socket)).await;
+                    }
                     match inbound {
                         Inbound::Text(text) => {
                             if let Some(reason) = Box::pin(self.handle(socket, text.as_str())).await {
                                 return reason;
                             }
                         }
-                        Inbound::Binary => {
+                        Inbound::Binary(_) => {
                             let reply = Frame::error(kind::ERROR, None, "binary_not_supported", "frames are JSON text");
                             if let Some(reason) = Box::pin(self.reject(socket, "binary", reply)).await {
                                 return reason;
@@ -165,21 +207,13 @@ impl Session<'_> {
     /// Writes frames, then records the directed ones as delivered. Live frames (`live`) that
     /// repeat one sent from the store are dropped.
     async fn write(&mut self, socket: &mut Socket, batch: &mut Vec<Outbound>, live: bool) -> bool {
-        let mut directed = Vec::new();
-        let mut written = 0;
-        for out in batch.drain(..) {
-            if live && self.catchup.is_repeat(out.id) {
-                continue;
-            }
-            if out.directed {
-                directed.push(out.id);
-            }
-            if !socket.feed(out.frame).await {
-                return false;
-            }
-            written += 1;
+        let catchup = &mut self.catchup;
+        if live {
+            batch.retain(|out| !catchup.is_repeat(out.id));
         }
-        if !socket.flush().await {
+        let directed: Vec<u64> = batch.iter().filter(|o| o.directed).map(|o| o.id).collect();
+        let written = batch.len() as u64;
+        if !socket.write_all(batch.drain(..).map(|out| out.frame)).await {
             return false;
         }
         crate::telemetry::hot().frames_sent.increment(written);
@@ -225,7 +259,8 @@ impl Session<'_> {
             kind::PING => Frame::reply(kind::PONG, seq),
             kind::PONG => return None,
             kind::CLOSE => {
-                socket.send(encode(&Frame::reply(kind::CLOSE, seq))).await;
+                self.reply(socket, encode(&Frame::reply(kind::CLOSE, seq)))
+                    .await;
                 socket.close(close::NORMAL, "push closed").await;
                 return Some("client_closed");
             }
@@ -272,10 +307,33 @@ impl Session<'_> {
                 return Box::pin(self.reject(socket, "unknown_type", reply)).await;
             }
         };
-        if socket.send(encode(&reply)).await {
+        if self.reply(socket, encode(&reply)).await {
             None
         } else {
             Some("write_failed")
+        }
+    }
+
+    /// Whether a frame arriving at `now` is over the connection's message rate.
+    fn over_rate(&mut self, now: Instant) -> bool {
+        let limits = &self.state.config.limits;
+        limits.message_rate > 0
+            && self
+                .rate
+                .take(limits.message_rate, limits.message_burst, now)
+                .is_err()
+    }
+
+    /// Sends an answer to a client frame, unless the client stops reading: a client that sends
+    /// and never reads must not hold its session in a write forever. False when the write
+    /// failed or timed out; true when a close was asked for meanwhile (the loop closes).
+    async fn reply(&self, socket: &mut Socket, frame: Bytes) -> bool {
+        let timeout = Duration::from_secs(self.state.config.connection.timeout.max(1));
+        let mut send = Box::pin(socket.send(frame));
+        match unless_stalled(self.conn, timeout, send.as_mut()).await {
+            Ok(sent) => sent,
+            Err(Stall::CloseAsked) => true,
+            Err(Stall::Timeout) => false,
         }
     }
 
@@ -300,7 +358,7 @@ impl Session<'_> {
     ) -> Option<&'static str> {
         count_bad_input(label);
         self.errors += 1;
-        if !socket.send(encode(&reply)).await {
+        if !self.reply(socket, encode(&reply)).await {
             return Some("write_failed");
         }
         if self.errors >= self.state.config.connection.max_errors {
@@ -346,6 +404,22 @@ async fn guarded<F: Future>(
         _ = conn.close_asked() => Err(Stall::CloseAsked),
         _ = tokio::time::sleep(timeout) => Err(Stall::Timeout),
     }
+}
+
+/// Closes a session whose client sends frames faster than `limits.message_rate`: an error frame
+/// saying so, then close 4429.
+async fn rate_exceeded(socket: &mut Socket) -> &'static str {
+    crate::limits::rejected(crate::limits::Limit::MessageRate);
+    count_bad_input("rate_limited");
+    let error = error_bytes(
+        kind::ERROR,
+        None,
+        "rate_limited",
+        "more frames a second than the server takes",
+    );
+    let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(error)).await;
+    socket.close(close::TOO_MANY, "message rate exceeded").await;
+    "rate_limited"
 }
 
 /// Closes a session whose peer accepted nothing for the connection timeout.

@@ -11,7 +11,7 @@ use crate::config::ConnectionConfig;
 /// What arrived from the client.
 pub enum Inbound {
     Text(Utf8Bytes),
-    Binary,
+    Binary(Bytes),
     /// A ping or pong: the peer is alive.
     Alive,
     /// The peer closed, or the stream ended.
@@ -43,19 +43,35 @@ pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Socket {
     inner: WebSocket,
+    /// The close code this side sent, for the connection's log line.
+    closed_with: Option<u16>,
 }
 
 impl Socket {
     pub fn new(inner: WebSocket) -> Self {
-        Socket { inner }
+        Socket {
+            inner,
+            closed_with: None,
+        }
+    }
+
+    /// The close code the server sent, if it closed the connection.
+    pub fn closed_with(&self) -> Option<u16> {
+        self.closed_with
     }
 
     /// Next event from the client. Cancel-safe.
     pub async fn recv(&mut self) -> Inbound {
         match self.inner.recv().await {
-            None | Some(Ok(Message::Close(_))) => Inbound::Closed,
+            None => Inbound::Closed,
+            Some(Ok(Message::Close(_))) => {
+                // The library has queued the close reply; send it now, since the caller drops
+                // the socket next.
+                let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.flush()).await;
+                Inbound::Closed
+            }
             Some(Ok(Message::Text(text))) => Inbound::Text(text),
-            Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            Some(Ok(Message::Binary(data))) => Inbound::Binary(data),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
             Some(Err(e)) => Inbound::Failed(classify(e)),
         }
@@ -69,6 +85,45 @@ impl Socket {
         self.inner.feed(Message::Text(text)).await.is_ok()
     }
 
+    /// Writes `frames` (valid UTF-8 JSON text) in order and flushes them, in one write where they
+    /// fit the write buffer. The future holds only the iterator and one frame: it sits in every
+    /// session's state, so it is kept small.
+    pub async fn write_all(&mut self, mut frames: impl Iterator<Item = Bytes>) -> bool {
+        use futures_util::Sink;
+        use std::pin::Pin;
+        use std::task::Poll;
+        let mut next = None;
+        std::future::poll_fn(|cx| {
+            loop {
+                if next.is_none() {
+                    next = frames.next();
+                }
+                if next.is_none() {
+                    break;
+                }
+                match Pin::new(&mut self.inner).poll_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let Some(frame) = next.take() else { break };
+                let Ok(text) = Utf8Bytes::try_from(frame) else {
+                    continue;
+                };
+                if Pin::new(&mut self.inner)
+                    .start_send(Message::Text(text))
+                    .is_err()
+                {
+                    return Poll::Ready(false);
+                }
+            }
+            Pin::new(&mut self.inner)
+                .poll_flush(cx)
+                .map(|flushed| flushed.is_ok())
+        })
+        .await
+    }
+
     pub async fn flush(&mut self) -> bool {
         self.inner.flush().await.is_ok()
     }
@@ -78,27 +133,64 @@ impl Socket {
         self.feed(text).await && self.flush().await
     }
 
+    /// Sends one binary frame now (only the conformance echo sends binary).
+    pub async fn send_binary(&mut self, data: Bytes) -> bool {
+        self.inner.send(Message::Binary(data)).await.is_ok()
+    }
+
     pub async fn ping(&mut self) -> bool {
         self.inner.send(Message::Ping(Bytes::new())).await.is_ok()
     }
 
-    /// Sends a close frame with a code and reason; the connection is done afterwards. Gives up
-    /// after [`CLOSE_WAIT`]: a peer that stopped reading cannot take it.
+    /// Sends a close frame with a code and reason, then reads (and drops) what the peer still
+    /// sends until its own close: closing the socket with unread input would reset it, and the
+    /// peer would lose the close frame and the frames before it. The connection is done
+    /// afterwards. Gives up after [`CLOSE_WAIT`]: a peer that stopped reading cannot take it.
     pub async fn close(&mut self, code: u16, reason: &str) {
+        self.close_within(code, reason, CLOSE_WAIT).await
+    }
+
+    /// [`Socket::close`], giving up after `wait`.
+    pub async fn close_within(&mut self, code: u16, reason: &str, wait: std::time::Duration) {
+        crate::telemetry::count_close(code);
+        self.closed_with = Some(code);
         // Boxed: closing happens once, and an inline future would enlarge every session.
         Box::pin(async move {
             let frame = CloseFrame {
                 code,
-                reason: Utf8Bytes::from(reason),
+                reason: Utf8Bytes::from(close_reason(reason)),
             };
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                let _ = self.inner.send(Message::Close(Some(frame))).await;
+            let _ = tokio::time::timeout(wait, async {
+                if self.inner.send(Message::Close(Some(frame))).await.is_err() {
+                    return;
+                }
                 let _ = self.inner.flush().await;
+                while let Some(Ok(message)) = self.inner.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
             })
             .await;
         })
         .await
     }
+}
+
+/// Longest reason a close frame carries (RFC 6455: the payload is at most 125 bytes).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to what a close frame can carry, at a character boundary: a longer one (a
+/// token error quoting the token, say) would make the close frame itself fail.
+fn close_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 fn classify(error: axum::Error) -> Failure {
@@ -109,5 +201,19 @@ fn classify(error: axum::Error) -> Failure {
         Some(Error::Utf8(_)) => Failure::BadUtf8,
         Some(Error::Protocol(_)) => Failure::Protocol,
         _ => Failure::Io,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON && cut.len() >= MAX_CLOSE_REASON - 1);
+        assert!(long.starts_with(cut));
     }
 }

@@ -18,12 +18,33 @@ use tokio::time::{Interval, MissedTickBehavior};
 use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, verify_client};
 use crate::api::Params;
+use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
 use crate::hub::{CloseReason, Outbound};
 use crate::server::ServerState;
 
 /// Milliseconds `EventSource` waits before reconnecting.
 const RETRY_MS: u64 = 3000;
 
+/// Server-Sent Events.
+///
+/// Every push is an event whose `id` is the message id and whose `data` is the push frame;
+/// `Last-Event-ID` (or `last_id`) resumes; `event: reset` tells of a resume gap.
+#[utoipa::path(
+    get,
+    path = "/sse",
+    tag = "transports",
+    security(("client_token" = []), ("client_token_query" = [])),
+    params(
+        ClientQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Last message id seen; wins over `last_id`"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+)]
 pub async fn sse(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -36,11 +57,15 @@ pub async fn sse(
         Err(e) => return e.into_response(),
     };
     let resume = query.resume_id(&headers);
-    let login = match query.login(&state, &identity, resume, "sse", remote) {
+    let mut login = match query.login(&state, &identity, resume, "sse", remote) {
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };
-    let registration = Registration::new(&state, &login);
+    login.request_id = crate::telemetry::request_id(&headers);
+    let registration = match Registration::http(&state, &login) {
+        Ok(registration) => registration,
+        Err(e) => return e.into_response(),
+    };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(
         state.config.connection.heartbeat.max(1),
     ));

@@ -11,19 +11,34 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use mps_proto::{Frame, PROTOCOL_VERSION, SessionInfo, close, frame::kind};
+use mps_proto::{ErrorResponse, Frame, PROTOCOL_VERSION, SessionInfo, close, frame::kind};
 
 use super::session::{self, error_bytes, failure_close};
 use super::socket::{Inbound, Socket};
 use super::{ClientQuery, Login, LoginRequest, count_bad_input, verify_client};
+use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
 use crate::api::{ApiError, Params};
 use crate::engine::encode;
 use crate::server::ServerState;
 
-/// `GET /ws`: upgrade, then wait for the open frame.
+/// WebSocket, Message Push Protocol.
+///
+/// Upgrades, then waits for the open frame (`Type` 1), which carries the token
+/// (docs/protocol.md). Refused opens are answered with an error frame and a close code.
+#[utoipa::path(
+    get,
+    operation_id = "websocket",
+    path = "/ws",
+    tag = "transports",
+    responses(
+        (status = 101, description = "Switched to WebSocket"),
+        (status = 400, description = "Not a WebSocket handshake (`not_websocket`)", body = ErrorResponse),
+    ),
+)]
 pub async fn protocol_ws(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     metrics::counter!("mps_upgrades_total", "endpoint" => "ws").increment(1);
@@ -31,12 +46,13 @@ pub async fn protocol_ws(
         Ok(upgrade) => upgrade,
         Err(e) => return not_websocket(e),
     };
+    let request_id = crate::telemetry::request_id(&headers);
     super::socket::configure(upgrade, &state.config.connection)
-        .on_upgrade(move |ws| open_session(state, Socket::new(ws), remote))
+        .on_upgrade(move |ws| open_session(state, Socket::new(ws), remote, request_id))
 }
 
 /// A plain HTTP request (or a broken handshake) on a WebSocket endpoint.
-fn not_websocket(rejection: WebSocketUpgradeRejection) -> Response {
+pub(super) fn not_websocket(rejection: WebSocketUpgradeRejection) -> Response {
     count_bad_input("not_websocket");
     ApiError::new(rejection.status(), "not_websocket", rejection.body_text()).into_response()
 }
@@ -44,13 +60,16 @@ fn not_websocket(rejection: WebSocketUpgradeRejection) -> Response {
 /// An open refused: close code, the `Seq` to echo, error code and message.
 type OpenRefusal = (u16, Option<u64>, &'static str, String);
 
-/// Reads and checks the open frame, then runs the session. The open phase is boxed and gone
-/// once the session runs, so it does not enlarge the long-lived session task.
-async fn open_session(state: Arc<ServerState>, socket: Socket, remote: SocketAddr) {
-    // Bound first: a temporary in the `if let` would keep the box alive for the whole session.
-    let opened = Box::pin(open(&state, socket, remote)).await;
-    if let Some((socket, registration, last_id)) = opened {
-        session::run(state, socket, registration, last_id).await;
+/// Reads and checks the open frame on the upgrade's task, then hands the session to a task of
+/// its own (see [`session::spawn`]).
+async fn open_session(
+    state: Arc<ServerState>,
+    socket: Socket,
+    remote: SocketAddr,
+    request_id: Option<Box<str>>,
+) {
+    if let Some((socket, registration, last_id)) = open(&state, socket, remote, request_id).await {
+        session::spawn(state, socket, registration, last_id);
     }
 }
 
@@ -59,12 +78,14 @@ async fn open(
     state: &Arc<ServerState>,
     mut socket: Socket,
     remote: SocketAddr,
+    request_id: Option<Box<str>>,
 ) -> Option<(Socket, super::Registration, u64)> {
     let wait = Duration::from_secs(state.config.connection.open_timeout.max(1));
     let first = match tokio::time::timeout(wait, socket.recv()).await {
         Ok(inbound) => inbound,
         Err(_) => {
             count_bad_input("open_timeout");
+            crate::limits::rejected(crate::limits::Limit::OpenTimeout);
             socket.close(close::TIMEOUT, "no open frame in time").await;
             return None;
         }
@@ -78,7 +99,7 @@ async fn open(
             return None;
         }
         Inbound::Closed => return None,
-        Inbound::Binary | Inbound::Alive => {
+        Inbound::Binary(_) | Inbound::Alive => {
             count_bad_input("open_expected");
             socket
                 .close(close::PROTOCOL, "expected an open frame")
@@ -88,6 +109,10 @@ async fn open(
     };
     let opened = match serde_json::from_str::<Frame>(text.as_str()) {
         Err(e) => Err((close::PROTOCOL, None, "bad_json", e.to_string())),
+        Ok(frame) if super::push_mode::wanted(&frame) => {
+            super::push_mode::run(state, socket, frame).await;
+            return None;
+        }
         Ok(frame) if frame.kind != kind::OPEN => Err((
             close::PROTOCOL,
             frame.seq,
@@ -96,7 +121,7 @@ async fn open(
         )),
         Ok(frame) => check_open(state, frame, remote),
     };
-    let (seq, login) = match opened {
+    let (seq, mut login) = match opened {
         Ok(ok) => ok,
         Err((code, seq, label, message)) => {
             count_bad_input(label);
@@ -107,7 +132,23 @@ async fn open(
             return None;
         }
     };
-    let registration = super::Registration::new(state, &login);
+    login.request_id = request_id;
+    let registration = match super::Registration::new(state, &login) {
+        Ok(registration) => registration,
+        Err(refusal) => {
+            count_bad_input(refusal.code);
+            socket
+                .send(error_bytes(
+                    kind::OPEN_ACK,
+                    seq,
+                    refusal.code,
+                    refusal.message.clone(),
+                ))
+                .await;
+            socket.close(refusal.close_code(), &refusal.message).await;
+            return None;
+        }
+    };
     // In a cluster, the node's subscription for this user must be in place before the client is
     // told it is open, or a live-only message sent right after the answer could miss it.
     state.engine.broker().ready().await;
@@ -130,7 +171,8 @@ async fn open(
     Some((socket, registration, login.last_id))
 }
 
-/// Validates an open frame: token, user, way, then the login itself.
+/// Validates the open frame of a long connection: token, user, then the login itself (vendor
+/// ways went to `push_mode`).
 fn check_open(
     state: &ServerState,
     frame: Frame,
@@ -146,6 +188,8 @@ fn check_open(
         .auth
         .verify(token)
         .map_err(|e| (close::UNAUTHORIZED, seq, e.code(), e.to_string()))?;
+    super::check_login_rate(state, &identity)
+        .map_err(|r| (r.close_code(), seq, r.code, r.message))?;
     let client = frame.client.unwrap_or_default();
     if client.user.as_ref().is_some_and(|u| *u != identity.user) {
         return Err((
@@ -155,14 +199,6 @@ fn check_open(
             "Client.user is not the token's user".to_owned(),
         ));
     }
-    if let Some(way) = client.way.as_deref().filter(|w| *w != "websocket") {
-        return Err((
-            close::PROTOCOL,
-            seq,
-            "unsupported_way",
-            format!("way {way:?} is not supported; use \"websocket\""),
-        ));
-    }
     let request = LoginRequest {
         agent: client.agent,
         device: client.device,
@@ -170,19 +206,28 @@ fn check_open(
         topics: client.topics.unwrap_or_default(),
         last_id: client.last_id,
     };
-    let login =
-        super::check_login(state, &identity, request, "websocket", remote).map_err(|r| {
-            let code = if r.forbidden {
-                close::KICKED
-            } else {
-                close::PROTOCOL
-            };
-            (code, seq, r.code, r.message)
-        })?;
+    let login = super::check_login(state, &identity, request, "websocket", remote)
+        .map_err(|r| (r.close_code(), seq, r.code, r.message))?;
     Ok((seq, login))
 }
 
-/// `GET /websocket/{token}`: the token is checked before upgrading; a bad one gets 401.
+/// WebSocket, simple form.
+///
+/// The token in the path is checked before the upgrade; pending messages are sent right after
+/// it. Frames are the push frames of the Message Push Protocol.
+#[utoipa::path(
+    get,
+    operation_id = "websocket_simple",
+    path = "/websocket/{token}",
+    tag = "transports",
+    params(("token" = String, Path, description = "Client token"), ClientQuery),
+    responses(
+        (status = 101, description = "Switched to WebSocket"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+)]
 pub async fn simple_ws(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -197,16 +242,23 @@ pub async fn simple_ws(
         Err(e) => return e.into_response(),
     };
     let resume = query.resume_id(&headers);
-    let login = match query.login(&state, &identity, resume, "websocket-simple", remote) {
+    let mut login = match query.login(&state, &identity, resume, "websocket-simple", remote) {
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };
+    login.request_id = crate::telemetry::request_id(&headers);
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(e) => return not_websocket(e),
     };
+    // Registered before the upgrade, so that a user over the limit gets an HTTP answer; live
+    // messages queue up meanwhile.
+    let registration = match super::Registration::http(&state, &login) {
+        Ok(registration) => registration,
+        Err(e) => return e.into_response(),
+    };
+    let last_id = login.last_id;
     super::socket::configure(upgrade, &state.config.connection).on_upgrade(move |ws| async move {
-        let registration = super::Registration::new(&state, &login);
-        session::run(state, Socket::new(ws), registration, login.last_id).await;
+        session::spawn(state, Socket::new(ws), registration, last_id);
     })
 }

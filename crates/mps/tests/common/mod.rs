@@ -21,6 +21,8 @@ pub struct Server {
     pub data: tempfile::TempDir,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// Where the server's stderr goes (`with_log`), else the test's own stderr.
+    log: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -30,19 +32,50 @@ impl Server {
 
     /// Starts with extra `MPS_*` variables (`("MPS_CONNECTION__QUEUE", "4")`).
     pub fn with_env(env: &[(&str, &str)]) -> Server {
-        let data = tempfile::tempdir().expect("temp dir");
+        Server::with_data(tempfile::tempdir().expect("temp dir"), env)
+    }
+
+    /// Starts with its data directory in `data` (on a small file system, say) and extra `MPS_*`
+    /// variables.
+    pub fn with_data(data: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
         let env: Vec<_> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr) = spawn(data.path(), &env, &[], "127.0.0.1:0");
+        let (child, addr) = spawn(data.path(), &env, &[], "127.0.0.1:0", None);
         Server {
             child,
             addr,
             data,
             env,
             args: Vec::new(),
+            log: None,
         }
+    }
+
+    /// Starts with extra `MPS_*` variables, its log (stderr) written to a file that
+    /// [`Server::log`] reads.
+    pub fn with_log(env: &[(&str, &str)]) -> Server {
+        let data = tempfile::tempdir().expect("temp dir");
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let log = data.path().join("server.log");
+        let (child, addr) = spawn(data.path(), &env, &[], "127.0.0.1:0", Some(&log));
+        Server {
+            child,
+            addr,
+            data,
+            env,
+            args: Vec::new(),
+            log: Some(log),
+        }
+    }
+
+    /// What the server has logged so far (started `with_log`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.as_ref().expect("started with_log")).expect("read log")
     }
 
     /// Starts with a TOML configuration file (`--config`) and extra `MPS_*` variables.
@@ -55,13 +88,14 @@ impl Server {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let args = vec!["--config".to_owned(), file.display().to_string()];
-        let (child, addr) = spawn(data.path(), &env, &args, "127.0.0.1:0");
+        let (child, addr) = spawn(data.path(), &env, &args, "127.0.0.1:0", None);
         Server {
             child,
             addr,
             data,
             env,
             args,
+            log: None,
         }
     }
 
@@ -79,9 +113,25 @@ impl Server {
 
     /// `kill -9`, then start again on the same port and data directory.
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// `kill -9`, and wait for the process to be gone.
+    pub fn kill(&mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
-        let (child, addr) = spawn(self.data.path(), &self.env, &self.args, &self.addr);
+    }
+
+    /// Starts the (killed or stopped) server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        let (child, addr) = spawn(
+            self.data.path(),
+            &self.env,
+            &self.args,
+            &self.addr,
+            self.log.as_deref(),
+        );
         self.child = child;
         self.addr = addr;
     }
@@ -128,6 +178,7 @@ fn spawn(
     env: &[(String, String)],
     args: &[String],
     listen: &str,
+    log: Option<&std::path::Path>,
 ) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mps"));
     command
@@ -139,7 +190,16 @@ fn spawn(
         // Exact resume sets; the overlap has its own test and may be set through `env`.
         .env("MPS_TOPICS__RESUME_OVERLAP_MS", "0")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the server log"),
+            ),
+            None => Stdio::inherit(),
+        });
     for (k, v) in env {
         command.env(k, v);
     }
@@ -184,6 +244,11 @@ pub fn message(content: &str, receiver: Option<&[&str]>) -> SendMessage {
         sender: Some("tests".into()),
         app: None,
         id: None,
+        push: None,
+        channels: None,
+        audience: None,
+        live: false,
+        formats: None,
     }
 }
 
@@ -366,6 +431,17 @@ impl Server {
         ws
     }
 
+    /// A GET with the headers of a WebSocket upgrade, written by hand, so that a refusal is
+    /// seen exactly as the server answers it.
+    pub async fn upgrade_request(&self, path: &str) -> HttpResponse {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            self.addr
+        );
+        raw_http(&self.addr, &request).await
+    }
+
     /// `GET /metrics` text.
     pub async fn metrics(&self) -> String {
         let response = self.request("GET", "/metrics", None, None).await;
@@ -435,6 +511,16 @@ impl Server {
         })
         .await;
     }
+}
+
+/// Sums the samples of metric `name` whose labels contain every one of `labels`
+/// (`limit="body_size"`), in a `/metrics` text.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A client token signed with `secret` for `user`, expiring at `exp` (Unix seconds).

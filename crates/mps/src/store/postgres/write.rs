@@ -11,8 +11,11 @@ use mps_proto::Status;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{backend, status_code};
+use crate::hub::AgentFilter;
+use crate::push::{Device, Way};
 use crate::store::{
-    Claimed, IdempotencyKey, KeyedWrite, NewMessage, StoreError, Swept, TopicEntry,
+    Claimed, DeviceSelector, ExpiredRecipient, IdempotencyKey, KeyedWrite, NewMessage, PushRecord,
+    Registered, StoreError, Swept, TermSet, TopicEntry,
 };
 
 /// Most writes folded into one transaction.
@@ -30,6 +33,7 @@ pub(super) enum Write {
     Sweep {
         now: i64,
         keep_expired: i64,
+        report: usize,
     },
     AppendTopic {
         app: String,
@@ -39,6 +43,31 @@ pub(super) enum Write {
     },
     TrimTopics(Vec<(String, String, i64)>),
     Keyed(IdempotencyKey, KeyedWrite),
+    RecordPush {
+        app: String,
+        id: i64,
+        results: Vec<PushRecord>,
+    },
+    RegisterDevice(Device),
+    RemoveDevices(DeviceSelector),
+    RemoveToken {
+        app: String,
+        way: Way,
+        token: String,
+    },
+    ExpireDevices(i64),
+    SetTerms {
+        app: String,
+        user: String,
+        set: TermSet,
+        terms: Vec<String>,
+    },
+    /// `None` removes them.
+    SetPreferences {
+        app: String,
+        user: String,
+        doc: Option<String>,
+    },
 }
 
 impl Write {
@@ -54,8 +83,11 @@ impl Write {
 
 pub(super) enum Written {
     Count(u64),
+    /// Ids whose status changed.
+    Ids(Vec<u64>),
     Swept(Swept),
     Claimed(Claimed),
+    Registered(Registered),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -178,18 +210,22 @@ async fn apply(
     match op {
         Write::Insert(m) => insert(tx, m).await,
         Write::Status { app, user, ids, to } => {
-            // Delivery moves only pending rows; an ack moves pending or delivered ones.
+            // Delivery moves only pending rows (pushed or not); an ack moves pending or
+            // delivered ones.
             let statement = tx
                 .prepare_cached(
                     "UPDATE recipients SET status = $1, updated = $2
-                     WHERE app = $3 AND recipient = $4 AND message_id = ANY($5) AND status < $1",
+                     WHERE app = $3 AND recipient = $4 AND message_id = ANY($5) AND status < $1
+                     RETURNING message_id",
                 )
                 .await?;
             let now = crate::id::now_ms() as i64;
             let changed = tx
-                .execute(&statement, &[&status_code(*to), &now, app, user, ids])
+                .query(&statement, &[&status_code(*to), &now, app, user, ids])
                 .await?;
-            Ok(Written::Count(changed))
+            Ok(Written::Ids(
+                changed.iter().map(|r| r.get::<_, i64>(0) as u64).collect(),
+            ))
         }
         Write::Delete(id) => {
             let statement = tx
@@ -202,7 +238,11 @@ async fn apply(
                 tx.execute(&statement, &[&(*id as i64)]).await?,
             ))
         }
-        Write::Sweep { now, keep_expired } => sweep(tx, *now, *keep_expired).await,
+        Write::Sweep {
+            now,
+            keep_expired,
+            report,
+        } => sweep(tx, *now, *keep_expired, *report).await,
         Write::AppendTopic {
             app,
             entry,
@@ -210,6 +250,48 @@ async fn apply(
             keep,
         } => append_topic(tx, app, entry, *created, *keep, seq).await,
         Write::Keyed(key, write) => keyed(tx, key, write, seq).await,
+        Write::SetPreferences { app, user, doc } => {
+            let changed = match doc {
+                Some(doc) => {
+                    tx.execute(
+                        "INSERT INTO preferences (app, user_id, doc) VALUES ($1, $2, $3)
+                         ON CONFLICT (app, user_id) DO UPDATE SET doc = EXCLUDED.doc",
+                        &[app, user, doc],
+                    )
+                    .await?
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM preferences WHERE app = $1 AND user_id = $2",
+                        &[app, user],
+                    )
+                    .await?
+                }
+            };
+            Ok(Written::Count(changed))
+        }
+        Write::SetTerms {
+            app,
+            user,
+            set,
+            terms,
+        } => {
+            let statement = tx
+                .prepare_cached(
+                    "DELETE FROM user_tags WHERE app = $1 AND user_id = $2 AND (left(tag, 4) = 'tag:') = $3",
+                )
+                .await?;
+            tx.execute(&statement, &[app, user, &(*set == TermSet::Tags)])
+                .await?;
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO user_tags (app, user_id, tag) SELECT $1, $2, unnest($3::text[])
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            tx.execute(&statement, &[app, user, terms]).await?;
+            Ok(Written::Count(terms.len() as u64))
+        }
         Write::TrimTopics(cutoffs) => {
             let mut dropped = 0;
             for (app, topic, cutoff) in cutoffs {
@@ -217,20 +299,131 @@ async fn apply(
             }
             Ok(Written::Count(dropped))
         }
+        Write::RecordPush { app, id, results } => {
+            let (users, pushes, reasons): (Vec<&str>, Vec<i16>, Vec<Option<&str>>) = results
+                .iter()
+                .map(|r| {
+                    let push = if r.pushed { 1 } else { 2 };
+                    (r.user.as_str(), push, r.reason.as_deref())
+                })
+                .collect();
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE recipients SET push = v.push, reason = v.reason, updated = $3
+                     FROM unnest($4::text[], $5::int2[], $6::text[]) AS v(recipient, push, reason)
+                     WHERE recipients.message_id = $1 AND recipients.app = $2
+                       AND recipients.recipient = v.recipient AND recipients.status = 0",
+                )
+                .await?;
+            let now = crate::id::now_ms() as i64;
+            let changed = tx
+                .execute(&statement, &[id, app, &now, &users, &pushes, &reasons])
+                .await?;
+            Ok(Written::Count(changed))
+        }
+        Write::RegisterDevice(d) => register_device(tx, d).await,
+        Write::RemoveDevices(selector) => {
+            let statement = tx
+                .prepare_cached(
+                    "DELETE FROM devices WHERE app = $1 AND username = $2
+                       AND ($3::text IS NULL OR device = $3) AND ($4::text IS NULL OR way = $4)",
+                )
+                .await?;
+            let way = selector.way.map(Way::as_str);
+            let removed = tx
+                .execute(
+                    &statement,
+                    &[&selector.app, &selector.user, &selector.device, &way],
+                )
+                .await?;
+            Ok(Written::Count(removed))
+        }
+        Write::RemoveToken { app, way, token } => {
+            let statement = tx
+                .prepare_cached("DELETE FROM devices WHERE app = $1 AND way = $2 AND token = $3")
+                .await?;
+            let removed = tx.execute(&statement, &[app, &way.as_str(), token]).await?;
+            Ok(Written::Count(removed))
+        }
+        Write::ExpireDevices(before) => {
+            let removed = tx
+                .execute("DELETE FROM devices WHERE refreshed < $1", &[before])
+                .await?;
+            Ok(Written::Count(removed))
+        }
     }
+}
+
+/// Takes the token from any other registration, then inserts or refreshes this one.
+async fn register_device(
+    tx: &Transaction<'_>,
+    d: &Device,
+) -> Result<Written, tokio_postgres::Error> {
+    let way = d.way.as_str();
+    let statement = tx
+        .prepare_cached(
+            "DELETE FROM devices WHERE app = $1 AND way = $2 AND token = $3
+               AND NOT (username = $4 AND device = $5)
+             RETURNING username",
+        )
+        .await?;
+    let mut taken_from: Vec<String> = tx
+        .query(&statement, &[&d.app, &way, &d.token, &d.user, &d.device])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .filter(|u: &String| *u != d.user)
+        .collect();
+    taken_from.sort();
+    taken_from.dedup();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO devices (app, username, device, way, agent, token, components, refreshed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (app, username, device, way) DO UPDATE SET
+                 agent = EXCLUDED.agent, token = EXCLUDED.token,
+                 components = EXCLUDED.components, refreshed = EXCLUDED.refreshed
+             RETURNING (xmax = 0)",
+        )
+        .await?;
+    let created: bool = tx
+        .query_one(
+            &statement,
+            &[
+                &d.app,
+                &d.user,
+                &d.device,
+                &way,
+                &d.agent,
+                &d.token,
+                &d.components,
+                &d.refreshed,
+            ],
+        )
+        .await?
+        .get(0);
+    Ok(Written::Registered(Registered {
+        created,
+        taken_from,
+    }))
 }
 
 async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_postgres::Error> {
     let statement = tx
         .prepare_cached(
             "WITH m AS (
-                INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10))
+                INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires, except_agents, formats)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13))
              INSERT INTO recipients (message_id, app, recipient, status, updated)
              SELECT $1, $2, u, 0, $9 FROM unnest($11::text[]) AS u
              ON CONFLICT DO NOTHING",
         )
         .await?;
+    let (agents, except_agents) = match &m.agents {
+        AgentFilter::Any => (None, None),
+        AgentFilter::Only(list) => (Some(list), None),
+        AgentFilter::Except(list) => (None, Some(list)),
+    };
     tx.execute(
         &statement,
         &[
@@ -240,11 +433,13 @@ async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_p
             &m.kind,
             &m.component,
             &m.sender,
-            &m.agents,
+            &agents,
             &m.content.get(),
             &m.created,
             &m.created.max(m.expires),
             &m.recipients,
+            &except_agents,
+            &crate::store::formats_column(&m.formats),
         ],
     )
     .await?;
@@ -385,6 +580,7 @@ async fn sweep(
     tx: &Transaction<'_>,
     now: i64,
     keep_expired: i64,
+    report: usize,
 ) -> Result<Written, tokio_postgres::Error> {
     // One node sweeps at a time; the others find the row locked and skip this round.
     let Some(row) = tx
@@ -398,14 +594,35 @@ async fn sweep(
     };
     // Look a minute back past the last sweep: messages stored by a node whose clock is behind.
     let since: i64 = row.get::<_, i64>(0).saturating_sub(60_000);
-    let expired = tx
-        .execute(
-            "UPDATE recipients SET status = 3, updated = $1
+    const EXPIRE: &str = "UPDATE recipients SET status = 3, updated = $1
              WHERE status < 2 AND message_id IN
-                 (SELECT id FROM messages WHERE expires > $2 AND expires <= $1)",
-            &[&now, &since],
-        )
-        .await?;
+                 (SELECT id FROM messages WHERE expires > $2 AND expires <= $1)";
+    let mut reported = Vec::new();
+    let expired = if report == 0 {
+        tx.execute(EXPIRE, &[&now, &since]).await?
+    } else {
+        use futures_util::TryStreamExt;
+        let statement = format!("{EXPIRE} RETURNING app, message_id, recipient");
+        let rows = tx
+            .query_raw(
+                &statement,
+                [&now as &(dyn tokio_postgres::types::ToSql + Sync), &since],
+            )
+            .await?;
+        let mut rows = std::pin::pin!(rows);
+        let mut count = 0;
+        while let Some(row) = rows.try_next().await? {
+            count += 1;
+            if reported.len() < report {
+                reported.push(ExpiredRecipient {
+                    app: row.get(0),
+                    id: row.get::<_, i64>(1) as u64,
+                    user: row.get(2),
+                });
+            }
+        }
+        count
+    };
     tx.execute(
         "UPDATE sweeps SET expired_upto = greatest(expired_upto, $1) WHERE id = 1",
         &[&now],
@@ -422,5 +639,9 @@ async fn sweep(
         .await?;
     tx.execute("DELETE FROM idempotency WHERE expires <= $1", &[&now])
         .await?;
-    Ok(Written::Swept(Swept { expired, deleted }))
+    Ok(Written::Swept(Swept {
+        expired,
+        deleted,
+        reported,
+    }))
 }

@@ -1,0 +1,173 @@
+//! Channels besides the live connection and the vendor push: the webhook channel posts a
+//! directed message, one request per recipient, to a URL of the app's back end, signed and
+//! retried like webhooks (docs/channels.md).
+//!
+//! A message picks its channels with `channels` on `SendMessage`. Each app's webhook channel
+//! has a bounded queue and one task: a full queue drops the request (counted), never blocking
+//! the sender; the task posts through [`crate::webhooks`]' signing and retrying poster.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use anyhow::Context;
+use bytes::Bytes;
+use mps_proto::PushedMessage;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::webhooks::{Poster, WebhookConfig};
+
+/// The channels a message can name in `channels`.
+pub const NAMES: [&str; 2] = ["push", "webhook"];
+
+/// `[push.apps.<app>.webhook]`: where the app's directed messages go through the webhook
+/// channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookChannelConfig {
+    /// `http://` or `https://` URL that receives one `POST` per recipient.
+    pub url: String,
+    /// Key of the HMAC-SHA256 signature (as for webhooks); share it with the receiver.
+    pub secret: String,
+    /// Requests waiting to be sent; past this, new ones are dropped and counted.
+    pub queue: usize,
+    /// Tries per request, the first included, for connection errors, timeouts, 408, 429 and
+    /// 5xx answers.
+    pub attempts: u32,
+    /// Wait before the first retry, milliseconds; doubled per retry, with jitter.
+    pub backoff_ms: u64,
+    /// Longest wait between retries, milliseconds.
+    pub max_backoff_ms: u64,
+    /// Seconds one request may take.
+    pub timeout: u64,
+}
+
+impl Default for WebhookChannelConfig {
+    fn default() -> Self {
+        let hook = WebhookConfig::default();
+        WebhookChannelConfig {
+            url: String::new(),
+            secret: String::new(),
+            queue: hook.queue,
+            attempts: hook.attempts,
+            backoff_ms: hook.backoff_ms,
+            max_backoff_ms: hook.max_backoff_ms,
+            timeout: hook.timeout,
+        }
+    }
+}
+
+/// What the webhook channel posts for one recipient.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelMessage {
+    /// Always `webhook`.
+    pub channel: String,
+    pub app: String,
+    /// The recipient.
+    pub user: String,
+    /// The message as a live connection receives it.
+    pub message: PushedMessage,
+}
+
+struct AppChannel {
+    queue: mpsc::Sender<ChannelMessage>,
+}
+
+static CHANNELS: OnceLock<BTreeMap<String, AppChannel>> = OnceLock::new();
+
+/// Checks the apps' webhook channels and starts a task for each. Call once, in a runtime.
+pub fn start<'a>(
+    apps: impl Iterator<Item = (&'a String, &'a WebhookChannelConfig)>,
+) -> anyhow::Result<()> {
+    let mut channels = BTreeMap::new();
+    let mut client = None;
+    for (app, config) in apps {
+        let what = format!("[push.apps.{app}.webhook]");
+        let url = reqwest::Url::parse(&config.url).with_context(|| format!("{what}: url"))?;
+        anyhow::ensure!(
+            matches!(url.scheme(), "http" | "https"),
+            "{what}: url must be http:// or https://"
+        );
+        anyhow::ensure!(!config.secret.is_empty(), "{what}: secret is empty");
+        anyhow::ensure!(config.queue > 0, "{what}: queue must be at least 1");
+        anyhow::ensure!(config.attempts > 0, "{what}: attempts must be at least 1");
+        let client = match &client {
+            Some(c) => c,
+            None => client.insert(crate::webhooks::http_client()?),
+        };
+        let (tx, rx) = mpsc::channel(config.queue);
+        let poster = Poster {
+            name: format!("channel-{app}").into(),
+            url,
+            config: WebhookConfig {
+                url: config.url.clone(),
+                secret: config.secret.clone(),
+                attempts: config.attempts,
+                backoff_ms: config.backoff_ms,
+                max_backoff_ms: config.max_backoff_ms,
+                timeout: config.timeout,
+                ..WebhookConfig::default()
+            },
+            client: client.clone(),
+        };
+        tokio::spawn(run(poster, rx));
+        channels.insert(app.clone(), AppChannel { queue: tx });
+    }
+    if channels.is_empty() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        CHANNELS.set(channels).is_ok(),
+        "channels were started already"
+    );
+    Ok(())
+}
+
+/// Whether `app` has a webhook channel.
+pub fn has_webhook(app: &str) -> bool {
+    CHANNELS.get().is_some_and(|c| c.contains_key(app))
+}
+
+/// Queues `message` for each of `users` on `app`'s webhook channel; never waits.
+pub fn offer_webhook(app: &str, users: &[String], message: &PushedMessage) {
+    let Some(channel) = CHANNELS.get().and_then(|c| c.get(app)) else {
+        return;
+    };
+    for user in users {
+        let item = ChannelMessage {
+            channel: "webhook".into(),
+            app: app.to_owned(),
+            user: user.clone(),
+            message: message.clone(),
+        };
+        if channel.queue.try_send(item).is_err() {
+            count("dropped");
+            tracing::warn!(
+                app,
+                id = %message.id,
+                "webhook channel queue full; the message waits for the live channel only"
+            );
+        }
+    }
+}
+
+fn count(result: &'static str) {
+    metrics::counter!("mps_channel_messages_total", "channel" => "webhook", "result" => result)
+        .increment(1);
+}
+
+async fn run(poster: Poster, mut rx: mpsc::Receiver<ChannelMessage>) {
+    while let Some(item) = rx.recv().await {
+        // Plain structs of strings and numbers always serialize.
+        let body = Bytes::from(serde_json::to_vec(&item).unwrap_or_default());
+        let delivery = format!("{}.{}", item.message.id, item.user);
+        let taken = poster.post(&delivery, body).await;
+        count(if taken { "sent" } else { "failed" });
+        if !taken {
+            // The same event as a failed vendor push, with `way` `webhook` and no device.
+            let id = item.message.id.parse().unwrap_or_default();
+            let reason = "the webhook channel did not take it after its retries";
+            crate::webhooks::push_failed(&item.app, &item.user, id, "", "webhook", reason);
+        }
+    }
+}
