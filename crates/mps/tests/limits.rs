@@ -131,14 +131,17 @@ async fn idle_sockets(server: &Server, count: usize) -> Vec<TcpStream> {
 /// Waits until the server counts `open` connections besides the one asking (a closed socket is
 /// counted until the server has seen it close).
 async fn serving_again(server: &Server, open: usize) {
-    eventually("the server to count only the connections left open", || async {
-        let answer = server.request("GET", "/metrics", None, None).await;
-        answer.status == 200
-            && answer
-                .body
-                .lines()
-                .any(|l| l == format!("mps_sockets_open {}", open + 1))
-    })
+    eventually(
+        "the server to count only the connections left open",
+        || async {
+            let answer = server.request("GET", "/metrics", None, None).await;
+            answer.status == 200
+                && answer
+                    .body
+                    .lines()
+                    .any(|l| l == format!("mps_sockets_open {}", open + 1))
+        },
+    )
     .await;
 }
 
