@@ -44,6 +44,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How long [`PushClient::close`] waits for the server's half of the closing handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// A long connection speaking the Message Push Protocol.
 pub struct PushClient {
     ws: Ws,
@@ -51,6 +54,8 @@ pub struct PushClient {
     buffered: VecDeque<Frame>,
     next_seq: u64,
     pub session: SessionInfo,
+    /// The server's close (code, reason), once it has closed: every later read returns it.
+    closed_by_server: Option<(u16, String)>,
 }
 
 impl PushClient {
@@ -63,6 +68,7 @@ impl PushClient {
             buffered: VecDeque::new(),
             next_seq: 1,
             session: SessionInfo::default(),
+            closed_by_server: None,
         };
         let open = Frame {
             version: Some(PROTOCOL_VERSION),
@@ -94,6 +100,7 @@ impl PushClient {
             buffered: VecDeque::new(),
             next_seq: 1,
             session: SessionInfo::default(),
+            closed_by_server: None,
         })
     }
 
@@ -120,17 +127,23 @@ impl PushClient {
 
     async fn read_frame(&mut self) -> Result<Frame> {
         loop {
+            if let Some((code, reason)) = &self.closed_by_server {
+                return Err(Error::Closed {
+                    code: *code,
+                    reason: reason.clone(),
+                });
+            }
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
-                Some(Ok(Message::Close(frame))) => return Err(closed(frame)),
+                Some(Ok(Message::Close(frame))) => {
+                    // tungstenite queues the answering close frame; it only goes out when the
+                    // stream is driven again, and the caller may never read again.
+                    let _ = self.ws.flush().await;
+                    self.closed_by_server = Some(close_of(frame));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e.into()),
-                None => {
-                    return Err(Error::Closed {
-                        code: 1006,
-                        reason: "stream ended".into(),
-                    });
-                }
+                None => self.closed_by_server = Some((1006, "stream ended".into())),
             }
         }
     }
@@ -236,22 +249,31 @@ impl PushClient {
         .map_err(|_| Error::Timeout)?
     }
 
+    /// Closes the connection with the WebSocket closing handshake: sends a close frame (unless
+    /// the server closed first, which is not an error) and waits briefly for the server's.
     pub async fn close(mut self) -> Result<()> {
-        self.ws.close(None).await?;
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        if self.closed_by_server.is_some() {
+            return Ok(());
+        }
+        match self.ws.close(None).await {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // The server's close frame ends the handshake; then the stream ends.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
         Ok(())
     }
 }
 
-fn closed(frame: Option<CloseFrame>) -> Error {
+/// The code and reason of a close frame (1005 when it carried none).
+fn close_of(frame: Option<CloseFrame>) -> (u16, String) {
     match frame {
-        Some(f) => Error::Closed {
-            code: f.code.into(),
-            reason: f.reason.to_string(),
-        },
-        None => Error::Closed {
-            code: 1005,
-            reason: String::new(),
-        },
+        Some(f) => (f.code.into(), f.reason.to_string()),
+        None => (1005, String::new()),
     }
 }
 
