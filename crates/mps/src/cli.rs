@@ -1,8 +1,8 @@
 //! Operator commands of the `mps` binary: `mps send`, `mps clients` and `mps messages` call a
 //! running server's HTTP API through the `mps-client` crate and print a table, or with `--json`
-//! the API's own JSON. The server is `--url` (`MPS_URL`, else the configured listen address);
-//! the admin key is `--key` (`MPS_ADMIN_KEY`, else the configured key, else `admin.key` in the
-//! data directory, as `mps token` finds its secret).
+//! the API's own JSON. The server is `--url` (`MPS_URL`, else the configured `admin_listen`, else
+//! the listen address); the admin key is `--key` (`MPS_ADMIN_KEY`, else the configured key, else
+//! `admin.key` in the data directory, as `mps token` finds its secret).
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use crate::config::{Config, Overrides};
 /// Where the server is and how to authenticate: shared by every operator command.
 #[derive(Args)]
 pub struct Target {
-    /// Base URL of the server [default: http:// and the configured listen address].
+    /// Base URL of the server [default: the configured admin_listen, else the listen address].
     #[arg(long, env = "MPS_URL")]
     pub url: Option<String>,
     /// Admin key [default: the configured one, else admin.key in the data directory].
@@ -49,11 +49,17 @@ impl Target {
         let url = match &self.url {
             Some(url) => url.clone(),
             None => {
-                let mut listen = config.listen;
+                // The admin routes are on the admin listener when there is one (always plain
+                // HTTP), else on the client listener (with TLS when it is on).
+                let (mut listen, scheme) = match config.admin_listen {
+                    Some(admin) => (admin, "http"),
+                    None if config.tls.cert.is_some() => (config.listen, "https"),
+                    None => (config.listen, "http"),
+                };
                 if listen.ip().is_unspecified() {
                     listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{listen}")
+                format!("{scheme}://{listen}")
             }
         };
         let key = match &self.key {

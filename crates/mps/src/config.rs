@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address of the HTTP and WebSocket listener.
     pub listen: SocketAddr,
+    /// Address of a second, plain-HTTP listener for the admin-key API, `/metrics`, `/console`
+    /// and the OpenAPI document; when set they are served only there (the client listener
+    /// answers 404 for them), so that a firewall can keep them off the internet.
+    pub admin_listen: Option<SocketAddr>,
     /// Where the embedded store and generated secrets live.
     pub data_dir: PathBuf,
     /// Key for the back-end API (`Authorization: Bearer KEY`). Generated into the data
@@ -25,6 +29,10 @@ pub struct Config {
     /// Node number mixed into message ids so that ids from several nodes never collide (0-1023).
     pub node_id: u16,
     pub log: LogConfig,
+    /// TLS on the client listener (`wss://`, `https://`).
+    pub tls: TlsConfig,
+    /// What browsers may do: the origins allowed to connect and call the browser-facing routes.
+    pub http: HttpConfig,
     pub auth: AuthConfig,
     pub connection: ConnectionConfig,
     pub messages: MessagesConfig,
@@ -61,6 +69,28 @@ pub struct LogConfig {
     pub format: String,
     /// A `tracing` filter such as `info` or `mps=debug`; `RUST_LOG` wins when set.
     pub level: String,
+}
+
+/// `[tls]`: both set turns TLS on for the client listener. SIGHUP reloads both files; new
+/// connections get the new certificate, and a file that does not load keeps the old one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, the server's certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins (`https://app.example.com`) whose pages may open WebSockets and call the
+    /// browser-facing routes; a request with another `Origin` is answered 403. These origins get
+    /// CORS answers. `"*"` allows every origin (with CORS); empty (the default) checks nothing
+    /// and sends no CORS headers. Requests without `Origin` (non-browser clients) always pass.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,11 +337,14 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
             data_dir: PathBuf::from("mps-data"),
             admin_key: None,
             node: None,
             node_id: 0,
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
+            http: HttpConfig::default(),
             auth: AuthConfig::default(),
             connection: ConnectionConfig::default(),
             messages: MessagesConfig::default(),
@@ -547,6 +580,29 @@ mod tests {
             let shown = config.to_toml_masked();
             assert!(shown.contains("postgres://mps:<hidden>@db/mps"), "{shown}");
             assert!(!shown.contains("secret"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn edge_settings_from_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MPS_ADMIN_LISTEN", "127.0.0.1:9090");
+            jail.set_env("MPS_TLS__CERT", "/etc/mps/cert.pem");
+            jail.set_env("MPS_TLS__KEY", "/etc/mps/key.pem");
+            jail.set_env(
+                "MPS_HTTP__ALLOWED_ORIGINS",
+                r#"["https://a.example", "http://localhost:3000"]"#,
+            );
+            let config = Config::load(None, Overrides::default()).unwrap();
+            assert_eq!(config.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+            assert_eq!(config.tls.cert, Some(PathBuf::from("/etc/mps/cert.pem")));
+            assert_eq!(config.tls.key, Some(PathBuf::from("/etc/mps/key.pem")));
+            assert_eq!(
+                config.http.allowed_origins,
+                ["https://a.example", "http://localhost:3000"]
+            );
             Ok(())
         });
     }

@@ -25,6 +25,8 @@
 //! - [`api`]: the HTTP API under `/api/v1`, health and metrics.
 //! - [`limits`]: connection counts, rate limits and the accounting of refusals.
 //! - [`listener`]: accepts TCP connections within the limits and serves HTTP/1.1 on them.
+//! - [`tls`]: TLS on the client listener, its certificate reloaded on SIGHUP.
+//! - [`origin`]: the browser origins allowed on the browser-facing routes, and their CORS.
 //! - [`server`]: wiring, sweeper and graceful shutdown.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`cli`]: the operator commands (`mps send`, `mps clients`, `mps messages`), clients of
@@ -47,12 +49,14 @@ pub mod id;
 pub mod ingest;
 pub mod limits;
 pub mod listener;
+pub mod origin;
 pub mod preferences;
 pub mod presence;
 pub mod push;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topic;
 pub mod transport;
 pub mod webhooks;

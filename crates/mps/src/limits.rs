@@ -34,12 +34,14 @@ pub enum Limit {
     Subscriptions,
     TopicLength,
     TopicDepth,
+    /// `http.allowed_origins`: a browser page of another origin.
+    Origin,
     /// Not a setting: accepting failed (out of file descriptors, say).
     AcceptFailed,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 15] = [
+    pub const ALL: [Limit; 16] = [
         Limit::MaxConnections,
         Limit::ConnectionsPerAddress,
         Limit::ConnectionsPerUser,
@@ -54,6 +56,7 @@ impl Limit {
         Limit::Subscriptions,
         Limit::TopicLength,
         Limit::TopicDepth,
+        Limit::Origin,
         Limit::AcceptFailed,
     ];
 
@@ -74,6 +77,7 @@ impl Limit {
             Limit::Subscriptions => "subscriptions",
             Limit::TopicLength => "topic_length",
             Limit::TopicDepth => "topic_depth",
+            Limit::Origin => "origin",
             Limit::AcceptFailed => "accept_failed",
         }
     }

@@ -1,5 +1,6 @@
 //! The TCP listener: accepts connections, admits them against the connection limits (in total
-//! and per remote address), serves HTTP/1.1 with upgrades through hyper with a deadline on each
+//! and per remote address), completes the TLS handshake when TLS is on (within
+//! `limits.request_timeout`), serves HTTP/1.1 with upgrades through hyper with a deadline on each
 //! request head (slowloris), and shuts down gracefully: stop accepting, let the requests in
 //! flight finish, close idle connections.
 //!
@@ -27,19 +28,34 @@ use tower::ServiceExt;
 
 use crate::api::ApiError;
 use crate::limits::{Admission, Full, Limit, Permit, rejected};
+use crate::tls::Tls;
 
 /// Seconds a refused client is told to wait (`Retry-After`).
 const RETRY_AFTER: u64 = 5;
+
+/// What a listener needs besides its socket and routes.
+pub struct Edge {
+    /// Connections in total and per address.
+    pub admission: Arc<Admission>,
+    /// `limits.request_timeout`: for the TLS handshake, then for each request head.
+    pub request_timeout: Duration,
+    /// TLS for every accepted connection, when on.
+    pub tls: Option<Arc<Tls>>,
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for the connections'
 /// requests in flight (upgraded WebSockets are not waited for: they are the hub's).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    admission: Arc<Admission>,
-    request_timeout: Duration,
+    edge: Edge,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Edge {
+        admission,
+        request_timeout,
+        tls,
+    } = edge;
     // Every connection task holds a receiver; when all are dropped, everything has finished.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -54,33 +70,69 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let tls = tls.clone();
         let permit = match admission.admit(remote.ip()) {
             Ok(permit) => permit,
             Err(full) => {
-                refuse(&admission, stream, remote, full, request_timeout);
+                let limit = match full {
+                    Full::Node => Limit::MaxConnections,
+                    Full::Address => Limit::ConnectionsPerAddress,
+                };
+                rejected(limit);
+                if let Some(permit) = admission.refusing(remote.ip()) {
+                    tokio::spawn(refuse(stream, permit, remote, tls, full, request_timeout));
+                }
                 continue;
             }
         };
         let app = app.clone();
         let stop = stop_rx.clone();
-        tokio::spawn(connection(
-            stream,
-            permit,
-            remote,
-            app,
-            request_timeout,
-            stop,
-        ));
+        tokio::spawn(async move {
+            let Some(stream) = secure(stream, tls, remote, request_timeout).await else {
+                return;
+            };
+            let io = Counted {
+                stream,
+                _permit: permit,
+            };
+            connection(io, remote, app, request_timeout, stop).await;
+        });
     }
     drop(stop_rx);
     let _ = stop_tx.send(true);
     stop_tx.closed().await;
 }
 
+/// The accepted socket as it is served: as is, or after the TLS handshake. A handshake that
+/// fails or does not finish within `timeout` is counted and logged, and the socket closed.
+async fn secure(
+    stream: TcpStream,
+    tls: Option<Arc<Tls>>,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(Stream::Plain(stream));
+    };
+    let timeout = timeout.max(Duration::from_millis(100));
+    let reason = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => return Some(Stream::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            tracing::info!(%remote, error = %e, "TLS handshake failed");
+            "error"
+        }
+        Err(_) => {
+            tracing::info!(%remote, "TLS handshake not finished in time");
+            "timeout"
+        }
+    };
+    metrics::counter!("mps_tls_handshake_failures_total", "reason" => reason).increment(1);
+    None
+}
+
 /// Serves one admitted connection until it closes, is upgraded, or shutdown asks it to end.
 async fn connection(
-    stream: TcpStream,
-    permit: Permit,
+    io: Counted,
     remote: SocketAddr,
     app: Router,
     request_timeout: Duration,
@@ -93,12 +145,8 @@ async fn connection(
         request.extensions_mut().insert(ConnectInfo(remote));
         app.clone().oneshot(request)
     });
-    let io = TokioIo::new(Counted {
-        stream,
-        _permit: permit,
-    });
     let conn = http1(request_timeout)
-        .serve_connection(io, service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
@@ -129,30 +177,28 @@ fn http1(request_timeout: Duration) -> hyper::server::conn::http1::Builder {
 
 /// Answers every request on a connection over a limit with 503 (the node is full) or 429 (its
 /// address has too many), then closes it; past [`crate::limits::MAX_REFUSING`] such answers at
-/// once, new ones are closed without an answer.
-fn refuse(
-    admission: &Arc<Admission>,
+/// once, new ones are closed without an answer (the caller gets no `permit` for them).
+async fn refuse(
     stream: TcpStream,
+    permit: Permit,
     remote: SocketAddr,
+    tls: Option<Arc<Tls>>,
     full: Full,
     request_timeout: Duration,
 ) {
-    let (limit, status, code, message) = match full {
+    let (status, code, message) = match full {
         Full::Node => (
-            Limit::MaxConnections,
             StatusCode::SERVICE_UNAVAILABLE,
             "server_full",
             "the server has as many connections as it takes; retry later",
         ),
         Full::Address => (
-            Limit::ConnectionsPerAddress,
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_connections",
             "too many connections from your address",
         ),
     };
-    rejected(limit);
-    let Some(permit) = admission.refusing(remote.ip()) else {
+    let Some(stream) = secure(stream, tls, remote, request_timeout).await else {
         return;
     };
     let service = hyper::service::service_fn(move |_: Request<Incoming>| async move {
@@ -168,12 +214,10 @@ fn refuse(
         stream,
         _permit: permit,
     });
-    let conn = http1(request_timeout)
+    let _ = http1(request_timeout)
         .keep_alive(false)
-        .serve_connection(io, service);
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+        .serve_connection(io, service)
+        .await;
 }
 
 /// An accept error: a connection that went away before it was accepted is nothing; running out
@@ -194,8 +238,14 @@ async fn accept_failed(e: io::Error) {
 
 /// A socket with its place in the connection counts, freed when the socket is dropped.
 struct Counted {
-    stream: TcpStream,
+    stream: Stream,
     _permit: Permit,
+}
+
+/// A served socket: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Counted {
@@ -204,7 +254,10 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
@@ -214,7 +267,10 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -222,18 +278,30 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

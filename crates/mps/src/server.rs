@@ -1,6 +1,8 @@
 //! Wiring: builds the store, broker, hub and engine from the configuration, serves HTTP and
-//! WebSocket on one listener, runs the expiry sweeper, and shuts down gracefully on SIGTERM or
-//! Ctrl-C (stop accepting, close connections with "going away", let the store finish).
+//! WebSocket on the client listener (with TLS when configured; SIGHUP reloads its certificate)
+//! and the admin routes on it or on their own listener (`admin_listen`), runs the expiry
+//! sweeper, and shuts down gracefully on SIGTERM or Ctrl-C (stop accepting, close connections
+//! with "going away", let the store finish).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +46,8 @@ pub struct ServerState {
     pub started: Instant,
     /// The address actually bound (the configured port may be 0).
     pub local_addr: SocketAddr,
+    /// Whether the client listener speaks TLS (`wss://` URLs).
+    pub tls: bool,
     /// Connections in total and per address (`limits.*connections*`).
     pub admission: Arc<Admission>,
     /// Request rates per admin key and per client-token user.
@@ -73,7 +77,11 @@ impl ServerState {
     /// Client-facing WebSocket URLs per network line; the listener's own when none configured.
     pub fn client_urls(&self) -> BTreeMap<String, String> {
         if self.config.lines.is_empty() {
-            BTreeMap::from([("default".to_owned(), format!("ws://{}/ws", self.local_addr))])
+            let scheme = if self.tls { "wss" } else { "ws" };
+            BTreeMap::from([(
+                "default".to_owned(),
+                format!("{scheme}://{}/ws", self.local_addr),
+            )])
         } else {
             self.config.lines.clone()
         }
@@ -195,8 +203,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let engine = Engine::new(store.clone(), broker, presence.clone(), &config, push);
     let ingest = Ingest::start(&config.ingest, engine.clone(), config.messages.max_body)
         .context("message queue ingestion")?;
+    let tls = crate::tls::Tls::from_config(&config.tls)
+        .context("TLS certificate and key")?
+        .map(Arc::new);
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr()?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(listen(addr).with_context(|| format!("binding {addr}"))?),
+        None => None,
+    };
     let state = Arc::new(ServerState {
         auth,
         engine,
@@ -206,6 +221,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         started: Instant::now(),
         local_addr,
+        tls: tls.is_some(),
         admission: Admission::new(&config.limits),
         rates: RequestRates::new(&config.limits),
         shutting_down: AtomicBool::new(false),
@@ -217,8 +233,38 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("connection.conformance_echo is on: /conformance/echo echoes anyone");
     }
     let app = app(&state.config).with_state(state.clone());
+    let request_timeout = Duration::from_secs(state.config.limits.request_timeout);
+    // Every listener stops on the same signal.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let mut admin_served = None;
+    if let Some(admin_listener) = admin_listener {
+        let admin_addr = admin_listener.local_addr()?;
+        // Its own connection counts, so that a flood of clients does not lock operators out.
+        let edge = crate::listener::Edge {
+            admission: Admission::new(&state.config.limits),
+            request_timeout,
+            tls: None,
+        };
+        let admin_app = admin_app(&state.config).with_state(state.clone());
+        admin_served = Some(tokio::spawn(crate::listener::serve(
+            admin_listener,
+            admin_app,
+            edge,
+            stopped(stop_rx.clone()),
+        )));
+        println!("mps admin listening on http://{admin_addr}");
+        tracing::info!(%admin_addr, "admin routes on their own listener");
+    }
+    if let Some(tls) = &tls {
+        crate::telemetry::preregister_tls();
+        tokio::spawn(reload_on_sighup(tls.clone()));
+    }
 
-    println!("mps listening on http://{local_addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("mps listening on {scheme}://{local_addr}");
     println!(
         "mps data in {} (admin key: {})",
         state.config.data_dir.display(),
@@ -236,19 +282,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%local_addr, node = %node, "mps serving");
 
     let stopping = state.clone();
-    crate::listener::serve(
-        listener,
-        app,
-        state.admission.clone(),
-        Duration::from_secs(state.config.limits.request_timeout),
-        async move {
-            shutdown_signal().await;
-            stopping.shutting_down.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: closing connections");
-            stopping.hub.close_all(CloseReason::Shutdown);
-        },
-    )
+    let edge = crate::listener::Edge {
+        admission: state.admission.clone(),
+        request_timeout,
+        tls,
+    };
+    crate::listener::serve(listener, app, edge, async move {
+        shutdown_signal().await;
+        stopping.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: closing connections");
+        stopping.hub.close_all(CloseReason::Shutdown);
+        let _ = stop_tx.send(true);
+    })
     .await;
+    if let Some(admin_served) = admin_served {
+        let _ = admin_served.await;
+    }
 
     // Deliveries being sent are settled; the rest stay in their queues.
     state.ingest.stop(Duration::from_secs(5)).await;
@@ -263,13 +312,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The HTTP service, before state: every route of [`crate::api::router`] (the one table, which
-/// the OpenAPI document is made from) and the layers around them. Routes are added there, never
-/// here.
+/// The HTTP service of the client listener, before state: every route of
+/// [`crate::api::router`] (the one table, which the OpenAPI document is made from), or only the
+/// client routes when `admin_listen` gives the admin routes their own listener, and the layers
+/// around them. Routes are added there, never here.
 pub fn app(config: &Config) -> Router<Arc<ServerState>> {
+    let router = if config.admin_listen.is_some() {
+        crate::api::client_router()
+    } else {
+        crate::api::router().0
+    };
+    let router = match crate::origin::Origins::from_config(&config.http.allowed_origins) {
+        Some(origins) => router.layer(axum::middleware::from_fn_with_state(
+            origins,
+            crate::origin::check,
+        )),
+        None => router,
+    };
+    layers(router, config)
+}
+
+/// The HTTP service of the admin listener (`admin_listen`), before state.
+pub fn admin_app(config: &Config) -> Router<Arc<ServerState>> {
+    layers(crate::api::admin_router(), config)
+}
+
+/// The layers around every route of every listener.
+fn layers(router: Router<Arc<ServerState>>, config: &Config) -> Router<Arc<ServerState>> {
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     let request_id = axum::http::HeaderName::from_static(crate::telemetry::REQUEST_ID);
-    let (router, _) = crate::api::router();
     // The last layer is the outermost: the request id is set (when the caller sent none)
     // before the request span is made, and copied onto the answer.
     router
@@ -281,6 +352,28 @@ pub fn app(config: &Config) -> Router<Arc<ServerState>> {
                 .make_span_with(crate::telemetry::request_span),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP; a file that does not load is logged
+/// and the certificate in use stays.
+async fn reload_on_sighup(tls: Arc<crate::tls::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: no TLS reloads");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: the TLS certificate or key did not load; keeping the one in use"
+            ),
+        }
+    }
 }
 
 /// Binds the listener with a deep accept backlog: a burst of reconnecting clients must not

@@ -13,10 +13,18 @@ use crate::config::LogConfig;
 /// Logs to stderr: one line per event, as text or (`log.format = "json"`) one JSON object per
 /// line whose event fields are top-level keys, with the request span's fields (`request_id`,
 /// `method`, `path`) under `span`.
+///
+/// Whatever the level, the WebSocket library logs at most at `info`: its `trace` lines hold whole
+/// frames, and a client's open frame holds its token.
 pub fn init_logs(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    for quiet in SECRET_BEARING_TARGETS {
+        if let Ok(directive) = format!("{quiet}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -32,6 +40,9 @@ pub fn init_logs(config: &LogConfig) {
     };
 }
 
+/// Libraries whose debug and trace lines carry what clients send (frames, tokens in them).
+const SECRET_BEARING_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
+
 /// Header carrying the request id, accepted from the caller or generated (a UUID).
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -43,14 +54,23 @@ pub fn request_id(headers: &axum::http::HeaderMap) -> Option<Box<str>> {
         .then(|| id.into())
 }
 
-/// The span of one HTTP request: method, path (never the query, which may hold a token) and
-/// request id; every log line of the request carries them.
+/// The span of one HTTP request: method, path and request id; every log line of the request
+/// carries them. Never the query, and never a path segment that is a token
+/// (`/websocket/{token}`): the route's pattern stands for such a path.
 pub fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let id = request_id(request.headers());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str());
+    let path = match route {
+        Some(route) if route.contains("{token}") => route,
+        _ => request.uri().path(),
+    };
     tracing::info_span!(
         "request",
         method = %request.method(),
-        path = request.uri().path(),
+        path,
         request_id = id.as_deref(),
     )
 }
@@ -184,6 +204,13 @@ pub fn preregister_cluster() {
     metrics::gauge!("mps_cluster_subscribed").set(0.0);
 }
 
+/// The TLS series, at zero from the start when TLS is on (docs/metrics.md, `tls`).
+pub fn preregister_tls() {
+    for reason in ["error", "timeout"] {
+        metrics::counter!("mps_tls_handshake_failures_total", "reason" => reason).absolute(0);
+    }
+}
+
 /// Series whose labels are known in advance start at zero, so that dashboards and alerts see
 /// them before the first event.
 fn preregister() {
@@ -232,6 +259,10 @@ fn describe() {
         "WebSocket closes sent by the server, by close code"
     );
     describe_counter!("mps_http_responses_total", "HTTP answers, by status code");
+    describe_counter!(
+        "mps_tls_handshake_failures_total",
+        "TLS handshakes on the client listener that failed or did not finish in time, by reason"
+    );
     describe_histogram!(
         "mps_store_seconds",
         "Duration of each store operation, by operation"

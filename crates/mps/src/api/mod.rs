@@ -35,23 +35,35 @@ use crate::store::StoreError;
 /// handler's `#[utoipa::path]`): the router and the document of `GET /api/openapi.json` come out
 /// of this one table. A route added here without `#[utoipa::path]` does not compile; one added
 /// to the router some other way fails the `openapi` test (docs/api.md, "Adding a route").
+///
+/// The table has three parts: the client routes (transports, client-token and device calls,
+/// the SDK), the admin routes (the admin-key API, `/metrics`, `/console`, the OpenAPI document)
+/// and those on every listener (health checks, device registrations). With `admin_listen` set, [`client_router`] and [`admin_router`] serve
+/// them on two listeners; otherwise this one router serves all.
 pub fn router() -> (Router<Arc<ServerState>>, utoipa::openapi::OpenApi) {
+    finish(client_routes().merge(admin_routes()).merge(shared_routes()))
+}
+
+/// What the client listener serves when the admin routes have their own listener.
+pub fn client_router() -> Router<Arc<ServerState>> {
+    finish(client_routes().merge(shared_routes())).0
+}
+
+/// What the admin listener (`admin_listen`) serves.
+pub fn admin_router() -> Router<Arc<ServerState>> {
+    finish(admin_routes().merge(shared_routes())).0
+}
+
+type Routes = OpenApiRouter<Arc<ServerState>>;
+
+/// Routes for clients: transports, client-token calls, the SDK and its demo.
+fn client_routes() -> Routes {
     use crate::transport::{echo, poll, sse, ws};
-    let (router, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(messages::send, messages::list))
-        .routes(routes!(messages::get_one, messages::delete))
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(messages::collect))
         .routes(routes!(messages::ack))
-        .routes(routes!(clients::list))
-        .routes(routes!(clients::disconnect))
-        .routes(routes!(clients::stats))
-        .routes(routes!(tokens::issue))
-        .routes(routes!(devices::register, devices::remove, devices::list))
         .routes(routes!(devices::logout))
         .routes(routes!(devices::vapid_public_key))
-        .routes(routes!(users::get_tags, users::put_tags))
-        .routes(routes!(users::get_attributes, users::put_attributes))
-        .routes(routes!(users::get_preferences, users::put_preferences))
         .routes(routes!(
             users::get_my_preferences,
             users::put_my_preferences
@@ -61,17 +73,43 @@ pub fn router() -> (Router<Arc<ServerState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(sse::sse))
         .routes(routes!(poll::poll))
         .routes(routes!(echo::echo))
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(metrics))
-        .routes(routes!(openapi::openapi))
         .routes(routes!(sdk::script))
         .routes(routes!(sdk::types))
         .routes(routes!(sdk::demo))
+}
+
+/// Routes for the back end and operators: everything that takes only the admin key, the
+/// metrics, the console and the OpenAPI document.
+fn admin_routes() -> Routes {
+    OpenApiRouter::new()
+        .routes(routes!(messages::send, messages::list))
+        .routes(routes!(messages::get_one, messages::delete))
+        .routes(routes!(clients::list))
+        .routes(routes!(clients::disconnect))
+        .routes(routes!(clients::stats))
+        .routes(routes!(tokens::issue))
+        .routes(routes!(users::get_tags, users::put_tags))
+        .routes(routes!(users::get_attributes, users::put_attributes))
+        .routes(routes!(users::get_preferences, users::put_preferences))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi))
         .routes(routes!(console::redirect))
         .routes(routes!(console::index))
         .routes(routes!(console::asset))
-        .split_for_parts();
+}
+
+/// Routes on every listener: the health checks, and device registrations (a client token
+/// registers its own devices; the admin key, and the console, any user's).
+fn shared_routes() -> Routes {
+    OpenApiRouter::new()
+        .routes(routes!(devices::register, devices::remove, devices::list))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+/// The router of a table, with the JSON answers for unknown routes and methods.
+fn finish(routes: Routes) -> (Router<Arc<ServerState>>, utoipa::openapi::OpenApi) {
+    let (router, api) = routes.split_for_parts();
     let router = router
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {

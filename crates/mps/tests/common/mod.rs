@@ -17,7 +17,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Server {
     child: Child,
+    /// The client listener (`https://` when TLS is on).
     pub addr: String,
+    /// The admin listener, when `admin_listen` is set.
+    pub admin_addr: Option<String>,
     pub data: tempfile::TempDir,
     env: Vec<(String, String)>,
     args: Vec<String>,
@@ -42,10 +45,11 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr) = spawn(data.path(), &env, &[], "127.0.0.1:0", None);
+        let (child, addr, admin_addr) = spawn(data.path(), &env, &[], "127.0.0.1:0", None);
         Server {
             child,
             addr,
+            admin_addr,
             data,
             env,
             args: Vec::new(),
@@ -62,10 +66,11 @@ impl Server {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let log = data.path().join("server.log");
-        let (child, addr) = spawn(data.path(), &env, &[], "127.0.0.1:0", Some(&log));
+        let (child, addr, admin_addr) = spawn(data.path(), &env, &[], "127.0.0.1:0", Some(&log));
         Server {
             child,
             addr,
+            admin_addr,
             data,
             env,
             args: Vec::new(),
@@ -78,6 +83,30 @@ impl Server {
         std::fs::read_to_string(self.log.as_ref().expect("started with_log")).expect("read log")
     }
 
+    /// Starts with a TOML configuration file (`--config`) and extra `MPS_*` variables, its log
+    /// (stderr) written to a file that [`Server::log`] reads.
+    pub fn with_config_and_log(toml: &str, env: &[(&str, &str)]) -> Server {
+        let data = tempfile::tempdir().expect("temp dir");
+        let file = data.path().join("mps.toml");
+        std::fs::write(&file, toml).expect("write config");
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args = vec!["--config".to_owned(), file.display().to_string()];
+        let log = data.path().join("server.log");
+        let (child, addr, admin_addr) = spawn(data.path(), &env, &args, "127.0.0.1:0", Some(&log));
+        Server {
+            child,
+            addr,
+            admin_addr,
+            data,
+            env,
+            args,
+            log: Some(log),
+        }
+    }
+
     /// Starts with a TOML configuration file (`--config`) and extra `MPS_*` variables.
     pub fn with_config(toml: &str, env: &[(&str, &str)]) -> Server {
         let data = tempfile::tempdir().expect("temp dir");
@@ -88,10 +117,11 @@ impl Server {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let args = vec!["--config".to_owned(), file.display().to_string()];
-        let (child, addr) = spawn(data.path(), &env, &args, "127.0.0.1:0", None);
+        let (child, addr, admin_addr) = spawn(data.path(), &env, &args, "127.0.0.1:0", None);
         Server {
             child,
             addr,
+            admin_addr,
             data,
             env,
             args,
@@ -107,8 +137,12 @@ impl Server {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// The back end's API client: on the admin listener when there is one.
     pub fn api(&self) -> Api {
-        Api::new(&self.http(), ADMIN_KEY)
+        match &self.admin_addr {
+            Some(admin) => Api::new(&format!("http://{admin}"), ADMIN_KEY),
+            None => Api::new(&self.http(), ADMIN_KEY),
+        }
     }
 
     /// `kill -9`, then start again on the same port and data directory.
@@ -125,7 +159,7 @@ impl Server {
 
     /// Starts the (killed or stopped) server again on the same port and data directory.
     pub fn restart(&mut self) {
-        let (child, addr) = spawn(
+        let (child, addr, admin_addr) = spawn(
             self.data.path(),
             &self.env,
             &self.args,
@@ -134,6 +168,12 @@ impl Server {
         );
         self.child = child;
         self.addr = addr;
+        self.admin_addr = admin_addr;
+    }
+
+    /// Sends `signal` (`"HUP"`) to the server.
+    pub fn signal(&self, signal: &str) {
+        unsafe_kill(self.child.id(), signal);
     }
 
     pub fn pid(&self) -> u32 {
@@ -179,7 +219,7 @@ fn spawn(
     args: &[String],
     listen: &str,
     log: Option<&std::path::Path>,
-) -> (Child, String) {
+) -> (Child, String, Option<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mps"));
     command
         .args(["serve", "--listen", listen, "--admin-key", ADMIN_KEY])
@@ -206,18 +246,26 @@ fn spawn(
     let mut child = command.spawn().expect("spawn mps");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    // The admin listener, when there is one, is announced before the client listener.
+    let mut admin_addr = None;
     let addr = loop {
         let line = lines
             .next()
             .expect("mps exited before listening")
             .expect("read stdout");
-        if let Some(rest) = line.strip_prefix("mps listening on http://") {
+        if let Some(rest) = line.strip_prefix("mps admin listening on http://") {
+            admin_addr = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line
+            .strip_prefix("mps listening on http://")
+            .or_else(|| line.strip_prefix("mps listening on https://"))
+        {
             break rest.trim().to_owned();
         }
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, addr, admin_addr)
 }
 
 pub fn client_info(user: &str, agent: &str, components: &[&str]) -> ClientInfo {
