@@ -30,16 +30,25 @@ fn certificate(dir: &Path) -> CertificateDer<'static> {
 }
 
 /// A server with TLS on the client listener (the files of `dir`) and the admin routes on a
-/// plain listener of their own, logging to a file.
-fn tls_server(dir: &Path) -> Server {
+/// plain listener of their own, logging to a file, with extra `MPS_*` variables.
+fn tls_server(dir: &Path, env: &[(&str, &str)]) -> Server {
     let cert = dir.join("cert.pem").display().to_string();
     let key = dir.join("key.pem").display().to_string();
-    Server::with_log(&[
-        ("MPS_TLS__CERT", &cert),
-        ("MPS_TLS__KEY", &key),
+    let mut all = vec![
+        ("MPS_TLS__CERT", cert.as_str()),
+        ("MPS_TLS__KEY", key.as_str()),
         ("MPS_ADMIN_LISTEN", "127.0.0.1:0"),
         ("RUST_LOG", "info"),
-    ])
+    ];
+    all.extend_from_slice(env);
+    Server::with_log(&all)
+}
+
+/// `GET /metrics` of the admin listener.
+async fn admin_metrics(server: &Server) -> String {
+    let admin = server.admin_addr.as_deref().expect("an admin listener");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    raw_http(admin, &request).await.body
 }
 
 /// A TLS connection to `addr` trusting only `trusted`, with no session kept from earlier ones.
@@ -107,8 +116,7 @@ async fn next_tls_json(
 async fn tls_serves_https_and_wss_and_refuses_plain_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let cert = certificate(dir.path());
-    let server = tls_server(dir.path());
-    let admin = server.admin_addr.clone().expect("an admin listener");
+    let server = tls_server(dir.path(), &[]);
 
     let (answer, served) = https_get(&server.addr, std::slice::from_ref(&cert), "/healthz").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -147,12 +155,7 @@ async fn tls_serves_https_and_wss_and_refuses_plain_tcp() {
     let (answer, _) = https_get(&server.addr, std::slice::from_ref(&cert), "/healthz").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     eventually("the failed handshake counted", || async {
-        let metrics = raw_http(
-            &admin,
-            &format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"),
-        )
-        .await
-        .body;
+        let metrics = admin_metrics(&server).await;
         metric(
             &metrics,
             "mps_tls_handshake_failures_total",
@@ -172,11 +175,47 @@ async fn tls_serves_https_and_wss_and_refuses_plain_tcp() {
     );
 }
 
+/// A connection that never starts its handshake is closed after `limits.request_timeout`.
+#[tokio::test]
+async fn a_silent_tls_client_is_cut_off_after_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = certificate(dir.path());
+    let server = tls_server(dir.path(), &[("MPS_LIMITS__REQUEST_TIMEOUT", "1")]);
+    let before = admin_metrics(&server).await;
+    assert_eq!(
+        metric(
+            &before,
+            "mps_tls_handshake_failures_total",
+            &["reason=\"timeout\""]
+        ),
+        0.0,
+        "the series is there from the start: {before}"
+    );
+    let mut silent = TcpStream::connect(&server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(read_all(&mut silent).await.is_empty());
+    assert!(
+        started.elapsed() < WAIT,
+        "closed by the server, not the test's wait"
+    );
+    eventually("the timeout counted", || async {
+        let metrics = admin_metrics(&server).await;
+        metric(
+            &metrics,
+            "mps_tls_handshake_failures_total",
+            &["reason=\"timeout\""],
+        ) == 1.0
+    })
+    .await;
+    let (answer, _) = https_get(&server.addr, std::slice::from_ref(&cert), "/healthz").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
     let dir = tempfile::tempdir().unwrap();
     let first = certificate(dir.path());
-    let server = tls_server(dir.path());
+    let server = tls_server(dir.path(), &[]);
     let (_, served) = https_get(&server.addr, std::slice::from_ref(&first), "/healthz").await;
     assert_eq!(served, first);
 
@@ -448,13 +487,36 @@ async fn without_an_admin_listener_one_listener_serves_everything() {
 const WEBHOOK_SECRET: &str = "whsec-do-not-log-3f9a1c";
 
 /// With every log on (`trace`, JSON), requests carrying the admin key, client tokens (headers,
-/// query and path) and a configured webhook secret leave none of them in the log.
+/// query and path), a configured webhook secret and an APNs key that signs provider tokens for
+/// a push leave none of them in the log.
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
+    let apns = mps_standins::ApnsStandIn::start().await;
     let server = Server::with_config_and_log(
         &format!(
-            "[log]\nformat = \"json\"\n\n[[webhooks]]\nurl = \"http://127.0.0.1:1/hook\"\n\
-             secret = \"{WEBHOOK_SECRET}\"\nattempts = 1\n"
+            r#"
+[log]
+format = "json"
+
+[[webhooks]]
+url = "http://127.0.0.1:1/hook"
+secret = "{WEBHOOK_SECRET}"
+attempts = 1
+
+[push.apps.default.apns]
+key_file = "{key_file}"
+key_id = "{key_id}"
+team_id = "{team_id}"
+topic = "{topic}"
+endpoint = "{endpoint}"
+ca_file = "{ca_file}"
+"#,
+            key_file = apns.key_file().display(),
+            key_id = mps_standins::ApnsStandIn::KEY_ID,
+            team_id = mps_standins::ApnsStandIn::TEAM_ID,
+            topic = mps_standins::ApnsStandIn::TOPIC,
+            endpoint = apns.endpoint(),
+            ca_file = apns.ca_file().display(),
         ),
         &[("RUST_LOG", "trace")],
     );
@@ -505,6 +567,20 @@ async fn secrets_never_reach_the_logs() {
         .unwrap();
     assert_eq!(next_json(&mut ws).await["Type"], 3);
     assert_eq!(next_json(&mut simple).await["Type"], 3);
+    // An offline user with an iPhone: the message is pushed through APNs with a signed
+    // provider token.
+    let bob = format!("Bearer {}", server.token("bob").await);
+    let device = r#"{"device": "iphone", "way": "apns", "token": "5a1f3c0e9b7d4a2e8f6c1b3d5e7f9a0b2c4d6e8f0a1b3c5d7e9f1a3b5c7d9e0f"}"#;
+    let created = server
+        .request("POST", "/api/v1/devices", Some(&bob), Some(device))
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    server
+        .api()
+        .send(&message(r#"{"text":"hi"}"#, Some(&["bob"])))
+        .await
+        .unwrap();
+    eventually("the push at APNs", || async { apns.accepted().len() == 1 }).await;
     send_text(&mut ws, r#"{"Type":7,"Seq":9}"#).await;
     let _ = until_close(&mut ws).await;
     drop(simple);
@@ -523,6 +599,13 @@ async fn secrets_never_reach_the_logs() {
         "every log on"
     );
     let signature = token.rsplit('.').next().unwrap();
+    let provider_tokens = apns.provider_tokens();
+    assert!(!provider_tokens.is_empty());
+    let apns_key = std::fs::read_to_string(apns.key_file()).unwrap();
+    let apns_key_body = apns_key
+        .lines()
+        .find(|l| !l.starts_with("-----"))
+        .expect("a PEM body line");
     for (what, secret) in [
         ("the admin key", ADMIN_KEY),
         ("the JWT secret", JWT_SECRET),
@@ -530,6 +613,12 @@ async fn secrets_never_reach_the_logs() {
         ("the client token", token.as_str()),
         ("the token's signature", signature),
         ("the webhook secret", WEBHOOK_SECRET),
+        ("the APNs key", apns_key_body),
+        ("an APNs provider token", provider_tokens[0].as_str()),
+        (
+            "an APNs provider token's signature",
+            provider_tokens[0].rsplit('.').next().unwrap(),
+        ),
     ] {
         if let Some(line) = log.lines().find(|l| l.contains(secret)) {
             panic!("{what} is in the log: {line}");
