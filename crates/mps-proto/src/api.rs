@@ -62,11 +62,88 @@ pub struct SendMessage {
     /// FCM, Web Push); `offline` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushPolicy>,
-    /// The channels a directed message goes through besides live connections: `push` (the
-    /// registered devices, under the `push` policy) and `webhook` (the app's webhook channel,
-    /// one signed request per recipient). Absent: `["push"]`.
+    /// The channels a directed message goes through besides live connections, in order:
+    /// `push` (the registered devices, under the `push` policy), `webhook` (the app's webhook
+    /// channel, one signed request per recipient) and `email` (the app's SMTP relay, to each
+    /// recipient's `email` attribute). A name is taken at once; `{"channel": "email", "after":
+    /// "10m"}` only if the recipient has not acked the message by then. Absent: `["push"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channels: Option<Vec<String>>,
+    pub channels: Option<Vec<ChannelChoice>>,
+}
+
+/// One entry of a message's `channels`: a channel taken at once, or a step of its chain.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelChoice {
+    /// `"push"`, `"webhook"` or `"email"`, taken when the message is sent.
+    Now(String),
+    /// A channel taken after a delay unless the recipient acked the message before.
+    Step(ChannelStep),
+}
+
+impl ChannelChoice {
+    /// The channel's name.
+    pub fn channel(&self) -> &str {
+        match self {
+            ChannelChoice::Now(name) => name,
+            ChannelChoice::Step(step) => &step.channel,
+        }
+    }
+}
+
+impl From<&str> for ChannelChoice {
+    fn from(name: &str) -> Self {
+        ChannelChoice::Now(name.to_owned())
+    }
+}
+
+/// A step of a message's channel chain.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelStep {
+    /// `push`, `webhook` or `email`.
+    pub channel: String,
+    /// How long after the message was sent: seconds, or `"90s"`, `"10m"`, `"2h"`. Absent or 0:
+    /// at once. Not taken for a recipient who acked the message (or whose message expired)
+    /// before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Delay>,
+}
+
+/// A delay: seconds, or a number with the unit `s`, `m`, `h` or `d`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Delay {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Delay {
+    /// The delay in seconds; `None` when the text is not a delay.
+    pub fn seconds(&self) -> Option<u64> {
+        match self {
+            Delay::Seconds(n) => Some(*n),
+            Delay::Text(text) => {
+                let text = text.trim();
+                let split = text
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(text.len());
+                let (number, unit) = text.split_at(split);
+                let number: u64 = number.parse().ok()?;
+                let scale = match unit {
+                    "" | "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 86_400,
+                    _ => return None,
+                };
+                number.checked_mul(scale)
+            }
+        }
+    }
 }
 
 /// When a directed message is pushed through the vendors to a recipient's registered devices.
@@ -191,6 +268,100 @@ pub struct RecipientStatus {
     /// Why a vendor push `failed` (the vendor's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the message stands on each channel for this recipient: `live` always, `push`
+    /// once the vendor push ran, and every channel of the message's chain (`webhook`, `email`,
+    /// a delayed `push`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<String, ChannelState>,
+}
+
+/// One channel's state for one recipient.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelState {
+    pub status: ChannelStatus,
+    /// When it last changed (Unix ms).
+    pub updated: i64,
+    /// When a `scheduled` step is due (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<i64>,
+    /// Why it `failed` or was `skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A channel's state for one recipient.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelStatus {
+    /// `live`: not yet written to a connection.
+    Pending,
+    /// `live`: written to a connection (or collected).
+    Delivered,
+    /// `live`: confirmed by the client; no later step of the chain runs.
+    Acked,
+    /// `live`: expired before it was acknowledged.
+    Expired,
+    /// A step of the chain waiting for its time (`due`).
+    Scheduled,
+    /// Queued for the channel, not settled yet.
+    Queued,
+    /// `push`: some device's vendor accepted it.
+    Pushed,
+    /// `webhook`, `email`: taken by the app's back end or the SMTP relay.
+    Sent,
+    /// Refused, or not taken after the retries (`reason`).
+    Failed,
+    /// Left out because the user muted the message's component or the channel, or is in quiet
+    /// hours.
+    Muted,
+    /// Not run: the recipient acked the message (or it expired) before the step's time.
+    Cancelled,
+    /// Not run: the channel's queue was full.
+    Dropped,
+    /// Not run for another reason (`reason`: no e-mail address...).
+    Skipped,
+}
+
+impl ChannelStatus {
+    pub const ALL: [ChannelStatus; 13] = [
+        ChannelStatus::Pending,
+        ChannelStatus::Delivered,
+        ChannelStatus::Acked,
+        ChannelStatus::Expired,
+        ChannelStatus::Scheduled,
+        ChannelStatus::Queued,
+        ChannelStatus::Pushed,
+        ChannelStatus::Sent,
+        ChannelStatus::Failed,
+        ChannelStatus::Muted,
+        ChannelStatus::Cancelled,
+        ChannelStatus::Dropped,
+        ChannelStatus::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelStatus::Pending => "pending",
+            ChannelStatus::Delivered => "delivered",
+            ChannelStatus::Acked => "acked",
+            ChannelStatus::Expired => "expired",
+            ChannelStatus::Scheduled => "scheduled",
+            ChannelStatus::Queued => "queued",
+            ChannelStatus::Pushed => "pushed",
+            ChannelStatus::Sent => "sent",
+            ChannelStatus::Failed => "failed",
+            ChannelStatus::Muted => "muted",
+            ChannelStatus::Cancelled => "cancelled",
+            ChannelStatus::Dropped => "dropped",
+            ChannelStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ChannelStatus> {
+        ChannelStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
 }
 
 /// A stored directed message (`GET /api/v1/messages`, `GET /api/v1/messages/{id}`).
@@ -439,7 +610,7 @@ pub struct Preferences {
     /// Components whose messages are not pushed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub muted_components: Vec<String>,
-    /// Vendor channels not used: `apns`, `fcm`, `webpush`.
+    /// Channels not used: `apns`, `fcm`, `webpush`, `email`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub muted_channels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

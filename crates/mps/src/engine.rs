@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mps_proto::{
-    DeliveryClass, EventData, EventType, Frame, PushFrame, PushedMessage, SendMessage, SendResult,
+    ChannelChoice, ChannelStep, DeliveryClass, EventData, EventType, Frame, PushFrame,
+    PushedMessage, SendMessage, SendResult,
 };
 use tokio::sync::mpsc;
 
@@ -99,6 +100,17 @@ fn class_label(class: DeliveryClass) -> &'static str {
 }
 
 /// A delivery written to a connection, to be recorded.
+/// The channels a message takes besides the live one.
+#[derive(Debug, Default)]
+struct Chosen {
+    /// The vendor push, at once.
+    push: bool,
+    /// The webhook channel, at once.
+    webhook: bool,
+    /// Steps of the chain, run from the store: (channel, seconds after sending).
+    later: Vec<(String, u64)>,
+}
+
 struct Delivered {
     app: Arc<str>,
     user: Arc<str>,
@@ -273,10 +285,20 @@ impl Engine {
             expires: created
                 .saturating_add((self.config.idempotency_window as i64).saturating_mul(1000)),
         });
-        let (push_channel, webhook_channel) = match &req.channels {
-            None => (true, false),
-            Some(channels) => self.check_channels(&app, recipients.is_some(), channels)?,
+        let chosen = match &req.channels {
+            None => Chosen {
+                push: true,
+                ..Chosen::default()
+            },
+            Some(channels) => self.check_channels(&app, recipients.is_some(), channels, ttl)?,
         };
+        let (push_channel, webhook_channel) = (chosen.push, chosen.webhook);
+        let steps: Vec<(String, i64)> = chosen
+            .later
+            .into_iter()
+            .map(|(channel, after)| (channel, created.saturating_add(after as i64 * 1000)))
+            .collect();
+        let step_now = steps.iter().any(|(_, due)| *due <= created);
         let policy = req.push.unwrap_or_default();
         let mut fallback = None;
         let mut webhook = None;
@@ -324,6 +346,7 @@ impl Engine {
                     created,
                     expires,
                     recipients: recipients.clone(),
+                    steps,
                 };
                 (
                     DeliveryClass::Directed,
@@ -408,6 +431,9 @@ impl Engine {
         }
         if let Some((users, message)) = webhook {
             crate::channels::offer_webhook(&app, &users, &message);
+        }
+        if step_now {
+            crate::channels::chain::nudge();
         }
         Ok(SendResult {
             id: id.to_string(),
@@ -587,44 +613,68 @@ impl Engine {
         Ok(pending)
     }
 
-    /// Checks a message's `channels`: which of the vendor push and the webhook channel it takes.
+    /// Checks a message's `channels`: which channels it takes at once, and which as steps of
+    /// its chain (every e-mail, and every channel with an `after`).
     fn check_channels(
         &self,
         app: &str,
         directed: bool,
-        channels: &[String],
-    ) -> Result<(bool, bool), EngineError> {
+        channels: &[ChannelChoice],
+        ttl: u64,
+    ) -> Result<Chosen, EngineError> {
+        let bad = |message: String| invalid("invalid_channels", message);
         if !directed {
-            return Err(invalid(
-                "invalid_channels",
-                "channels apply to directed messages (with receiver)",
+            return Err(bad(
+                "channels apply to directed messages (with receiver)".into()
             ));
         }
-        if channels.len() > crate::channels::NAMES.len() {
-            return Err(invalid(
-                "invalid_channels",
-                "channels lists a channel twice",
-            ));
-        }
-        for channel in channels {
-            if !crate::channels::NAMES.contains(&channel.as_str()) {
+        let mut chosen = Chosen::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for choice in channels {
+            let channel = choice.channel();
+            if !crate::channels::NAMES.contains(&channel) {
+                return Err(bad(format!(
+                    "unknown channel {channel:?} (known: {})",
+                    crate::channels::NAMES.join(", ")
+                )));
+            }
+            if seen.contains(&channel) {
+                return Err(bad(format!("channels lists {channel:?} twice")));
+            }
+            seen.push(channel);
+            let after = match choice {
+                ChannelChoice::Step(ChannelStep {
+                    after: Some(delay), ..
+                }) => delay.seconds().ok_or_else(|| {
+                    bad(format!(
+                        "after of {channel:?} must be seconds or a number with s, m, h or d"
+                    ))
+                })?,
+                _ => 0,
+            };
+            if after >= ttl {
+                return Err(bad(format!(
+                    "after of {channel:?} is not within the message's ttl ({ttl} s)"
+                )));
+            }
+            let configured = match channel {
+                "webhook" => crate::channels::has_webhook(app),
+                "email" => crate::channels::email::configured(app),
+                _ => true,
+            };
+            if !configured {
                 return Err(invalid(
-                    "invalid_channels",
-                    format!(
-                        "unknown channel {channel:?} (known: {})",
-                        crate::channels::NAMES.join(", ")
-                    ),
+                    "channel_not_configured",
+                    format!("app {app:?} has no {channel} channel ([push.apps.{app}.{channel}])"),
                 ));
             }
+            match channel {
+                "push" if after == 0 => chosen.push = true,
+                "webhook" if after == 0 => chosen.webhook = true,
+                _ => chosen.later.push((channel.to_owned(), after)),
+            }
         }
-        let webhook = channels.iter().any(|c| c == "webhook");
-        if webhook && !crate::channels::has_webhook(app) {
-            return Err(invalid(
-                "channel_not_configured",
-                format!("app {app:?} has no webhook channel ([push.apps.{app}.webhook])"),
-            ));
-        }
-        Ok((channels.iter().any(|c| c == "push"), webhook))
+        Ok(chosen)
     }
 
     /// Parses and checks a message's audience, if it has one.

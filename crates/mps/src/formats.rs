@@ -57,9 +57,10 @@ pub fn check(formats: &BTreeMap<String, Format>) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Whether a shape is for a vendor's notifications rather than for connections.
+/// Whether a shape is for a vendor's notifications or the e-mail channel rather than for
+/// connections.
 pub fn is_vendor(name: &str) -> bool {
-    Way::parse(name).is_some()
+    Way::parse(name).is_some() || name == "email"
 }
 
 /// The shapes a message is sent with: the app's templates rendered for it, overridden field by

@@ -1,6 +1,7 @@
-//! Users' preferences about vendor push: muted components and channels, and quiet hours. A
-//! muted message is still stored and delivered to live connections; only the push through
-//! APNs, FCM or Web Push is left out. The vendor fallback asks [`Muting::mutes`] per device.
+//! Users' preferences about vendor push and e-mail: muted components and channels, and quiet
+//! hours. A muted message is still stored and delivered to live connections; only the push
+//! through APNs, FCM or Web Push and the e-mail are left out. The vendor fallback asks
+//! [`Muting::mutes`] per device, the e-mail channel per recipient.
 
 use mps_proto::{Preferences, PreferencesRequest, QuietHours};
 
@@ -23,9 +24,9 @@ pub fn check(request: PreferencesRequest) -> Result<Preferences, String> {
     components.dedup();
     let mut channels = request.muted_channels;
     for channel in &channels {
-        if Way::parse(channel).is_none() {
+        if Way::parse(channel).is_none() && channel != "email" {
             return Err(format!(
-                "muted channel {channel:?} is not one of apns, fcm, webpush"
+                "muted channel {channel:?} is not one of apns, fcm, webpush, email"
             ));
         }
     }
@@ -98,14 +99,14 @@ impl Quiet {
 
 /// Why a push is left out, if it is.
 pub trait Muting {
-    /// The reason (a metrics label) a message of `component` is not pushed through `way` at
-    /// `now` (Unix ms); `None` when it may be.
-    fn mutes(&self, component: Option<&str>, way: Way, now: i64) -> Option<&'static str>;
+    /// The reason (a metrics label) a message of `component` is not sent through `channel`
+    /// (`apns`, `fcm`, `webpush`, `email`) at `now` (Unix ms); `None` when it may be.
+    fn mutes(&self, component: Option<&str>, channel: &str, now: i64) -> Option<&'static str>;
 }
 
 impl Muting for Preferences {
-    fn mutes(&self, component: Option<&str>, way: Way, now: i64) -> Option<&'static str> {
-        if self.muted_channels.iter().any(|c| c == way.as_str()) {
+    fn mutes(&self, component: Option<&str>, channel: &str, now: i64) -> Option<&'static str> {
+        if self.muted_channels.iter().any(|c| c == channel) {
             return Some("channel");
         }
         if component.is_some_and(|c| self.muted_components.iter().any(|m| m == c)) {
@@ -189,33 +190,27 @@ mod tests {
             quiet_hours: Some(quiet("22:00", "07:00", Some("+08:00"))),
         };
         let noon_beijing = at(4, 0);
-        assert_eq!(prefs.mutes(Some("esbm"), Way::Apns, noon_beijing), None);
-        assert_eq!(prefs.mutes(None, Way::Apns, noon_beijing), None);
+        assert_eq!(prefs.mutes(Some("esbm"), "apns", noon_beijing), None);
+        assert_eq!(prefs.mutes(None, "apns", noon_beijing), None);
         assert_eq!(
-            prefs.mutes(Some("esbm"), Way::Webpush, noon_beijing),
+            prefs.mutes(Some("esbm"), "webpush", noon_beijing),
             Some("channel")
         );
         assert_eq!(
-            prefs.mutes(Some("oa"), Way::Fcm, noon_beijing),
+            prefs.mutes(Some("oa"), "fcm", noon_beijing),
             Some("component")
         );
         // 23:30 and 06:59 in Beijing are quiet; 07:00 is not.
-        assert_eq!(
-            prefs.mutes(None, Way::Apns, at(15, 30)),
-            Some("quiet_hours")
-        );
-        assert_eq!(
-            prefs.mutes(None, Way::Apns, at(22, 59)),
-            Some("quiet_hours")
-        );
-        assert_eq!(prefs.mutes(None, Way::Apns, at(23, 0)), None);
+        assert_eq!(prefs.mutes(None, "apns", at(15, 30)), Some("quiet_hours"));
+        assert_eq!(prefs.mutes(None, "apns", at(22, 59)), Some("quiet_hours"));
+        assert_eq!(prefs.mutes(None, "apns", at(23, 0)), None);
         // Within one day, and west of UTC.
         let day = Preferences {
             quiet_hours: Some(quiet("09:00", "17:00", Some("-05:30"))),
             ..Preferences::default()
         };
-        assert_eq!(day.mutes(None, Way::Fcm, at(14, 30)), Some("quiet_hours"));
-        assert_eq!(day.mutes(None, Way::Fcm, at(22, 30)), None);
-        assert_eq!(Preferences::default().mutes(Some("oa"), Way::Fcm, 0), None);
+        assert_eq!(day.mutes(None, "fcm", at(14, 30)), Some("quiet_hours"));
+        assert_eq!(day.mutes(None, "fcm", at(22, 30)), None);
+        assert_eq!(Preferences::default().mutes(Some("oa"), "fcm", 0), None);
     }
 }

@@ -184,8 +184,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .apps
             .iter()
             .filter_map(|(app, push)| Some((app, push.webhook.as_ref()?))),
+        store.clone(),
     )
     .context("channels")?;
+    crate::channels::email::start(
+        config
+            .push
+            .apps
+            .iter()
+            .filter_map(|(app, push)| Some((app, push.email.as_ref()?))),
+        store.clone(),
+    )
+    .context("e-mail channel")?;
     let hub = Hub::new(&node, config.node_id, config.connection.queue)
         .with_user_limit(config.limits.connections_per_user);
     let (hub, broker, presence): crate::cluster::Joined = match &config.cluster.redis_url {
@@ -200,6 +210,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let push = crate::push::fallback::Fallback::start(store.clone(), presence.clone(), pushers);
+    crate::channels::chain::start(store.clone(), push.clone());
     let engine = Engine::new(store.clone(), broker, presence.clone(), &config, push);
     let ingest = Ingest::start(&config.ingest, engine.clone(), config.messages.max_body)
         .context("message queue ingestion")?;

@@ -86,7 +86,7 @@ fn config(url: &str) -> String {
 
 fn with_channels(content: &str, to: &[&str], channels: &[&str]) -> SendMessage {
     SendMessage {
-        channels: Some(channels.iter().map(|c| c.to_string()).collect()),
+        channels: Some(channels.iter().map(|c| (*c).into()).collect()),
         ..message(content, Some(to))
     }
 }

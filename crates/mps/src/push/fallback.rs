@@ -259,7 +259,7 @@ impl Worker {
         devices.retain(|d| {
             let muted = preferences
                 .get(&d.user)
-                .and_then(|p| p.mutes(component, d.way, now));
+                .and_then(|p| p.mutes(component, d.way.as_str(), now));
             if let Some(reason) = muted {
                 metrics::counter!("mps_push_muted_total", "reason" => reason).increment(1);
             }
@@ -416,6 +416,7 @@ mod tests {
                 created: 1,
                 expires: i64::MAX / 2,
                 recipients: recipients.iter().map(|s| s.to_string()).collect(),
+                steps: Vec::new(),
             })
             .await
             .unwrap();

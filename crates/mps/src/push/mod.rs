@@ -200,8 +200,8 @@ pub struct PushConfig {
     pub backoff_ms: u64,
     /// Time limit of one request to a vendor (and of connecting), milliseconds.
     pub timeout_ms: u64,
-    /// Per-app credentials: `[push.apps.<app>.apns]`, `.fcm`, `.webpush`, and the webhook
-    /// channel `.webhook`.
+    /// Per-app credentials: `[push.apps.<app>.apns]`, `.fcm`, `.webpush`, and the channels
+    /// `.webhook` and `.email`.
     pub apps: BTreeMap<String, AppPush>,
 }
 
@@ -227,6 +227,9 @@ pub struct AppPush {
     pub webpush: Option<WebPushConfig>,
     /// The webhook channel (crate::channels): directed messages posted to the app's back end.
     pub webhook: Option<crate::channels::WebhookChannelConfig>,
+    /// The e-mail channel (crate::channels::email): directed messages mailed through the
+    /// app's SMTP relay.
+    pub email: Option<crate::channels::email::EmailConfig>,
 }
 
 /// APNs with token-based authentication (a `.p8` signing key).

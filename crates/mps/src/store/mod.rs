@@ -12,7 +12,9 @@ pub mod timed;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-use mps_proto::{Format, MessageRecord, Page, Preferences, PushedMessage, Status};
+use mps_proto::{
+    ChannelState, ChannelStatus, Format, MessageRecord, Page, Preferences, PushedMessage, Status,
+};
 use serde_json::value::RawValue;
 
 use crate::audience::Expr;
@@ -48,6 +50,105 @@ pub struct NewMessage {
     pub created: i64,
     pub expires: i64,
     pub recipients: Vec<String>,
+    /// Steps of the message's channel chain run by [`Store::claim_steps`], for every
+    /// recipient: (channel, due time in Unix ms).
+    pub steps: Vec<(String, i64)>,
+}
+
+/// A step of a channel chain that came due, claimed by one node ([`Store::claim_steps`]), with
+/// what running it needs.
+#[derive(Debug, Clone)]
+pub struct DueStep {
+    pub id: u64,
+    pub app: String,
+    pub user: String,
+    pub channel: String,
+    /// The recipient's status: a step for an acked or expired recipient is cancelled.
+    pub status: Status,
+    pub title: Option<String>,
+    pub kind: i64,
+    pub component: Option<String>,
+    pub sender: Option<String>,
+    pub agents: AgentFilter,
+    /// The message's shapes, as stored ([`formats_column`]).
+    pub formats: Option<String>,
+    pub content: Box<RawValue>,
+    pub created: i64,
+    pub expires: i64,
+}
+
+/// The agent filter of a stored message from its `agents` and `except_agents` columns.
+pub fn agent_filter(only: Option<Vec<String>>, except: Option<Vec<String>>) -> AgentFilter {
+    match (only, except) {
+        (Some(list), _) => AgentFilter::Only(list),
+        (None, Some(list)) => AgentFilter::Except(list),
+        (None, None) => AgentFilter::Any,
+    }
+}
+
+/// A channel's outcome for one recipient of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub id: u64,
+    pub user: String,
+    pub channel: String,
+    pub status: ChannelStatus,
+    pub reason: Option<String>,
+}
+
+/// A stored channel row of one recipient, as read for a message's record.
+pub struct ChannelRow {
+    pub channel: String,
+    pub status: String,
+    pub due: Option<i64>,
+    pub reason: Option<String>,
+    pub updated: i64,
+}
+
+/// A recipient's `channels` in a record: `live` from its status, `push` from the vendor push
+/// result, and the rows of its channel chain (a vendor push result wins over its step's row).
+pub fn channels_of(
+    status: Status,
+    updated: i64,
+    reason: Option<&str>,
+    rows: Vec<ChannelRow>,
+) -> BTreeMap<String, ChannelState> {
+    let state = |status, reason: Option<&str>| ChannelState {
+        status,
+        updated,
+        due: None,
+        reason: reason.map(str::to_owned),
+    };
+    let mut channels = BTreeMap::new();
+    let live = match status {
+        Status::Pending | Status::Pushed | Status::Failed => ChannelStatus::Pending,
+        Status::Delivered => ChannelStatus::Delivered,
+        Status::Acked => ChannelStatus::Acked,
+        Status::Expired => ChannelStatus::Expired,
+    };
+    channels.insert("live".to_owned(), state(live, None));
+    for row in rows {
+        channels.insert(
+            row.channel,
+            ChannelState {
+                // Only the stores write the column, from a `ChannelStatus`.
+                status: ChannelStatus::parse(&row.status).unwrap_or(ChannelStatus::Failed),
+                updated: row.updated,
+                due: row.due,
+                reason: row.reason,
+            },
+        );
+    }
+    match status {
+        Status::Pushed => {
+            channels.insert("push".to_owned(), state(ChannelStatus::Pushed, None));
+        }
+        Status::Failed => {
+            channels.insert("push".to_owned(), state(ChannelStatus::Failed, reason));
+        }
+        _ => {}
+    }
+    channels
 }
 
 /// Filter and page of `GET /api/v1/messages`.
@@ -299,6 +400,21 @@ pub trait Store: Send + Sync + 'static {
         id: u64,
         results: Vec<PushRecord>,
     ) -> Result<u64, StoreError>;
+
+    /// Claims at most `limit` steps of channel chains due at `now`, oldest first, for this node:
+    /// each claimed step is due again at `retry_at`, so that a node that dies while running
+    /// it leaves it to another (at least once). [`Store::record_steps`] settles them.
+    async fn claim_steps(
+        &self,
+        now: i64,
+        retry_at: i64,
+        limit: usize,
+    ) -> Result<Vec<DueStep>, StoreError>;
+
+    /// Records channel outcomes of recipients (inserting or replacing each channel's row of a
+    /// recipient the message still has); a settled step is no longer due. Returns how many
+    /// rows changed.
+    async fn record_steps(&self, app: &str, records: Vec<StepRecord>) -> Result<u64, StoreError>;
 
     /// Registers (or refreshes) a device for one way, keyed by (app, user, device, way). The
     /// token is removed from every other registration of the app and way that holds it.

@@ -31,8 +31,9 @@ mod write;
 use write::{Write, Written};
 
 use super::{
-    Claimed, DeviceQuery, DeviceSelector, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage,
-    PushRecord, Registered, Store, StoreError, Swept, TermSet, TopicEntry, TopicReplay,
+    ChannelRow, Claimed, DeviceQuery, DeviceSelector, DueStep, IdempotencyKey, KeyedWrite,
+    MessageQuery, NewMessage, PushRecord, Registered, StepRecord, Store, StoreError, Swept,
+    TermSet, TopicEntry, TopicReplay,
 };
 use crate::audience::Expr;
 use crate::audience::sql::{self, Dialect, Param};
@@ -51,6 +52,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("postgres/002_idempotency.sql")),
     (3, include_str!("postgres/003_devices.sql")),
     (4, include_str!("postgres/004_audience.sql")),
+    (5, include_str!("postgres/005_channels.sql")),
 ];
 
 /// The stored `status` column: `pushed` and `failed` are pending rows with a `push` mark.
@@ -449,6 +451,24 @@ impl Store for PostgresStore {
             return Ok(None);
         };
         let mut record = record_from_row(&row);
+        let mut rows: BTreeMap<String, Vec<ChannelRow>> = BTreeMap::new();
+        for r in client
+            .query(
+                "SELECT recipient, channel, status, due, reason, updated FROM channel_steps
+                 WHERE message_id = $1",
+                &[&(id as i64)],
+            )
+            .await
+            .map_err(backend)?
+        {
+            rows.entry(r.get(0)).or_default().push(ChannelRow {
+                channel: r.get(1),
+                status: r.get(2),
+                due: r.get(3),
+                reason: r.get(4),
+                updated: r.get(5),
+            });
+        }
         let recipients: Vec<RecipientStatus> = client
             .query(
                 "SELECT recipient, status, push, updated, reason FROM recipients
@@ -460,15 +480,25 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| {
                 let status = status_from(r.get(1), r.get(2));
-                RecipientStatus {
-                    user: r.get(0),
+                let user: String = r.get(0);
+                let updated = r.get(3);
+                let reason: Option<String> = if status == Status::Failed {
+                    r.get(4)
+                } else {
+                    None
+                };
+                let channels = super::channels_of(
                     status,
-                    updated: r.get(3),
-                    reason: if status == Status::Failed {
-                        r.get(4)
-                    } else {
-                        None
-                    },
+                    updated,
+                    reason.as_deref(),
+                    rows.remove(&user).unwrap_or_default(),
+                );
+                RecipientStatus {
+                    user,
+                    status,
+                    updated,
+                    reason,
+                    channels,
                 }
             })
             .collect();
@@ -629,6 +659,71 @@ impl Store for PostgresStore {
             app: app.to_owned(),
             id: id as i64,
             results,
+        })
+        .await
+    }
+
+    async fn claim_steps(
+        &self,
+        now: i64,
+        retry_at: i64,
+        limit: usize,
+    ) -> Result<Vec<DueStep>, StoreError> {
+        // One statement: the rows another node is claiming are skipped, not waited for.
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH due AS (
+                     SELECT message_id, recipient, channel FROM channel_steps
+                     WHERE due IS NOT NULL AND due <= $1
+                     ORDER BY due LIMIT $3
+                     FOR UPDATE SKIP LOCKED),
+                 claimed AS (
+                     UPDATE channel_steps s SET due = $2, status = 'queued', updated = $1
+                     FROM due
+                     WHERE s.message_id = due.message_id AND s.recipient = due.recipient
+                       AND s.channel = due.channel
+                     RETURNING s.message_id, s.recipient, s.channel)
+                 SELECT c.message_id, m.app, c.recipient, c.channel, r.status, r.push, m.title,
+                        m.kind, m.component, m.sender, m.agents, m.except_agents, m.formats,
+                        m.content, m.created, m.expires
+                 FROM claimed c
+                 JOIN messages m ON m.id = c.message_id
+                 LEFT JOIN recipients r
+                        ON r.message_id = c.message_id AND r.recipient = c.recipient",
+                &[&now, &retry_at, &(limit as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| DueStep {
+                id: r.get::<_, i64>(0) as u64,
+                app: r.get(1),
+                user: r.get(2),
+                channel: r.get(3),
+                // A recipient no longer there counts as expired.
+                status: match r.get::<_, Option<i16>>(4) {
+                    Some(code) => status_from(code, r.get(5)),
+                    None => Status::Expired,
+                },
+                title: r.get(6),
+                kind: r.get(7),
+                component: r.get(8),
+                sender: r.get(9),
+                agents: super::agent_filter(r.get(10), r.get(11)),
+                formats: r.get(12),
+                content: raw(r.get(13)),
+                created: r.get(14),
+                expires: r.get(15),
+            })
+            .collect())
+    }
+
+    async fn record_steps(&self, app: &str, records: Vec<StepRecord>) -> Result<u64, StoreError> {
+        self.count(Write::RecordSteps {
+            app: app.to_owned(),
+            records,
         })
         .await
     }

@@ -18,9 +18,9 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claimed, DeviceQuery, DeviceSelector, ExpiredRecipient, IdempotencyKey, KeyedWrite,
-    MessageQuery, NewMessage, PushRecord, Registered, Store, StoreError, Swept, TermSet,
-    TopicEntry, TopicReplay,
+    ChannelRow, Claimed, DeviceQuery, DeviceSelector, DueStep, ExpiredRecipient, IdempotencyKey,
+    KeyedWrite, MessageQuery, NewMessage, PushRecord, Registered, StepRecord, Store, StoreError,
+    Swept, TermSet, TopicEntry, TopicReplay,
 };
 use crate::audience::Expr;
 use crate::audience::sql::{self, Dialect, Param};
@@ -111,6 +111,22 @@ CREATE TABLE IF NOT EXISTS user_tags (
     PRIMARY KEY (app, user_id, tag)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS user_tags_tag ON user_tags(app, tag, user_id);
+-- Channels of a directed message per recipient besides the live one and the vendor push: the
+-- steps of its chain (`due` until they ran, Unix ms) and their outcomes (`status`, a
+-- `ChannelStatus`).
+CREATE TABLE IF NOT EXISTS channel_steps (
+    message_id INTEGER NOT NULL,
+    app        TEXT NOT NULL,
+    user       TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    due        INTEGER,
+    reason     TEXT,
+    updated    INTEGER NOT NULL,
+    PRIMARY KEY (message_id, user, channel)
+) WITHOUT ROWID;
+-- The chain's runner: steps that came due.
+CREATE INDEX IF NOT EXISTS channel_steps_due ON channel_steps(due) WHERE due IS NOT NULL;
 -- Users' preferences about vendor push, as JSON.
 CREATE TABLE IF NOT EXISTS preferences (
     app     TEXT NOT NULL,
@@ -256,6 +272,15 @@ enum Write {
         id: u64,
         results: Vec<PushRecord>,
     },
+    ClaimSteps {
+        now: i64,
+        retry_at: i64,
+        limit: usize,
+    },
+    RecordSteps {
+        app: String,
+        records: Vec<StepRecord>,
+    },
     RegisterDevice(Device),
     RemoveDevices(DeviceSelector),
     RemoveToken {
@@ -285,6 +310,7 @@ enum Written {
     Swept(Swept),
     Claimed(Claimed),
     Registered(Registered),
+    Steps(Vec<DueStep>),
 }
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -488,6 +514,8 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
                 .execute([*id as i64])?;
             tx.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
                 .execute([*id as i64])?;
+            tx.prepare_cached("DELETE FROM channel_steps WHERE message_id = ?1")?
+                .execute([*id as i64])?;
             Ok(Written::Count(n as u64))
         }
         Write::Sweep {
@@ -521,6 +549,10 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
                 "DELETE FROM recipients WHERE message_id IN (SELECT id FROM messages WHERE expires <= ?1)",
                 [cutoff],
             )?;
+            tx.execute(
+                "DELETE FROM channel_steps WHERE message_id IN (SELECT id FROM messages WHERE expires <= ?1)",
+                [cutoff],
+            )?;
             let deleted = tx.execute("DELETE FROM messages WHERE expires <= ?1", [cutoff])?;
             tx.execute("DELETE FROM idempotency WHERE expires <= ?1", [now])?;
             Ok(Written::Swept(Swept {
@@ -545,6 +577,35 @@ fn apply(tx: &rusqlite::Transaction, op: &Write) -> rusqlite::Result<Written> {
             for r in results {
                 let push = if r.pushed { 1 } else { 2 };
                 changed += stmt.execute(params![push, r.reason, now, *id as i64, r.user, app])?;
+            }
+            Ok(Written::Count(changed as u64))
+        }
+        Write::ClaimSteps {
+            now,
+            retry_at,
+            limit,
+        } => claim_steps(tx, *now, *retry_at, *limit),
+        Write::RecordSteps { app, records } => {
+            let now = crate::id::now_ms() as i64;
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO channel_steps (message_id, app, user, channel, status, due, reason, updated)
+                 SELECT ?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7
+                 WHERE EXISTS (SELECT 1 FROM recipients WHERE message_id = ?1 AND user = ?3)
+                 ON CONFLICT (message_id, user, channel) DO UPDATE SET
+                     status = excluded.status, due = NULL, reason = excluded.reason,
+                     updated = excluded.updated",
+            )?;
+            let mut changed = 0;
+            for r in records {
+                changed += stmt.execute(params![
+                    r.id as i64,
+                    app,
+                    r.user,
+                    r.channel,
+                    r.status.as_str(),
+                    r.reason,
+                    now
+                ])?;
             }
             Ok(Written::Count(changed as u64))
         }
@@ -649,7 +710,75 @@ fn insert(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Writte
     for user in &m.recipients {
         stmt.execute(params![m.id as i64, m.app, user, m.created])?;
     }
+    if !m.steps.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO channel_steps (message_id, app, user, channel, status, due, updated)
+             VALUES (?1, ?2, ?3, ?4, 'scheduled', ?5, ?6)",
+        )?;
+        for user in &m.recipients {
+            for (channel, due) in &m.steps {
+                stmt.execute(params![m.id as i64, m.app, user, channel, due, m.created])?;
+            }
+        }
+    }
     Ok(Written::Count(1))
+}
+
+/// Takes the steps due at `now` (`queued`, due again at `retry_at`) with their messages.
+fn claim_steps(
+    tx: &rusqlite::Transaction,
+    now: i64,
+    retry_at: i64,
+    limit: usize,
+) -> rusqlite::Result<Written> {
+    let steps = tx
+        .prepare_cached(
+            "SELECT s.message_id, m.app, s.user, s.channel, r.status, r.push, m.title, m.kind,
+                    m.component, m.sender, m.agents, m.except_agents, m.formats, m.content,
+                    m.created, m.expires
+             FROM channel_steps s
+             JOIN messages m ON m.id = s.message_id
+             LEFT JOIN recipients r ON r.message_id = s.message_id AND r.user = s.user
+             WHERE s.due IS NOT NULL AND s.due <= ?1
+             ORDER BY s.due LIMIT ?2",
+        )?
+        .query_map(params![now, limit as i64], |r| {
+            Ok(DueStep {
+                id: r.get::<_, i64>(0)? as u64,
+                app: r.get(1)?,
+                user: r.get(2)?,
+                channel: r.get(3)?,
+                // A recipient no longer there counts as expired.
+                status: match r.get::<_, Option<i64>>(4)? {
+                    Some(code) => status_from(code, r.get(5)?),
+                    None => Status::Expired,
+                },
+                title: r.get(6)?,
+                kind: r.get(7)?,
+                component: r.get(8)?,
+                sender: r.get(9)?,
+                agents: super::agent_filter(agents_from(r.get(10)?), agents_from(r.get(11)?)),
+                formats: r.get(12)?,
+                content: raw(r.get(13)?),
+                created: r.get(14)?,
+                expires: r.get(15)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = tx.prepare_cached(
+        "UPDATE channel_steps SET due = ?1, status = 'queued', updated = ?2
+         WHERE message_id = ?3 AND user = ?4 AND channel = ?5",
+    )?;
+    for step in &steps {
+        stmt.execute(params![
+            retry_at,
+            now,
+            step.id as i64,
+            step.user,
+            step.channel
+        ])?;
+    }
+    Ok(Written::Steps(steps))
 }
 
 /// Takes the token from any other registration, then inserts or refreshes this one.
@@ -970,6 +1099,21 @@ impl Store for SqliteStore {
             let Some(mut record) = record else {
                 return Ok(None);
             };
+            let mut rows: BTreeMap<String, Vec<ChannelRow>> = BTreeMap::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT user, channel, status, due, reason, updated FROM channel_steps
+                 WHERE message_id = ?1",
+            )?;
+            let mut found = stmt.query([id as i64])?;
+            while let Some(r) = found.next()? {
+                rows.entry(r.get(0)?).or_default().push(ChannelRow {
+                    channel: r.get(1)?,
+                    status: r.get(2)?,
+                    due: r.get(3)?,
+                    reason: r.get(4)?,
+                    updated: r.get(5)?,
+                });
+            }
             let mut stmt = conn.prepare_cached(
                 "SELECT user, status, push, updated, reason FROM recipients WHERE message_id = ?1
                  ORDER BY user",
@@ -977,15 +1121,25 @@ impl Store for SqliteStore {
             let recipients = stmt
                 .query_map([id as i64], |r| {
                     let status = status_from(r.get(1)?, r.get(2)?);
-                    Ok(RecipientStatus {
-                        user: r.get(0)?,
+                    let user: String = r.get(0)?;
+                    let updated = r.get(3)?;
+                    let reason: Option<String> = if status == Status::Failed {
+                        r.get(4)?
+                    } else {
+                        None
+                    };
+                    let channels = super::channels_of(
                         status,
-                        updated: r.get(3)?,
-                        reason: if status == Status::Failed {
-                            r.get(4)?
-                        } else {
-                            None
-                        },
+                        updated,
+                        reason.as_deref(),
+                        rows.remove(&user).unwrap_or_default(),
+                    );
+                    Ok(RecipientStatus {
+                        user,
+                        status,
+                        updated,
+                        reason,
+                        channels,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1126,6 +1280,31 @@ impl Store for SqliteStore {
             app: app.to_owned(),
             id,
             results,
+        })
+        .await
+    }
+
+    async fn claim_steps(
+        &self,
+        now: i64,
+        retry_at: i64,
+        limit: usize,
+    ) -> Result<Vec<DueStep>, StoreError> {
+        let claim = Write::ClaimSteps {
+            now,
+            retry_at,
+            limit,
+        };
+        match self.write(claim).await? {
+            Written::Steps(steps) => Ok(steps),
+            _ => Err(backend("unexpected answer")),
+        }
+    }
+
+    async fn record_steps(&self, app: &str, records: Vec<StepRecord>) -> Result<u64, StoreError> {
+        self.count(Write::RecordSteps {
+            app: app.to_owned(),
+            records,
         })
         .await
     }

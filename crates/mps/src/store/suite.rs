@@ -1,11 +1,11 @@
 //! The behaviour every [`Store`] must show, written once and run against each implementation.
 
-use mps_proto::Status;
+use mps_proto::{ChannelStatus, Status};
 use serde_json::value::RawValue;
 
 use super::{
     Claimed, DeviceQuery, DeviceSelector, IdempotencyKey, KeyedWrite, MessageQuery, NewMessage,
-    PushRecord, Registered, Store, TermSet, TopicEntry,
+    PushRecord, Registered, StepRecord, Store, TermSet, TopicEntry,
 };
 use crate::audience::Audience;
 use crate::hub::AgentFilter;
@@ -25,6 +25,7 @@ fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) 
         created: 1_000 + id as i64,
         expires,
         recipients: recipients.iter().map(|s| s.to_string()).collect(),
+        steps: Vec::new(),
     }
 }
 
@@ -44,6 +45,114 @@ pub async fn run(store: &dyn Store) {
     agents_excepted(store).await;
     preferences_replaced_and_read(store).await;
     formats_shape_what_an_agent_is_owed(store).await;
+    channel_steps_come_due_once_and_are_recorded(store).await;
+}
+
+async fn channel_steps_come_due_once_and_are_recorded(store: &dyn Store) {
+    let mut m = message(95, &["s1", "s2"], None, FAR);
+    m.steps = vec![("email".into(), 5_000), ("push".into(), 9_000)];
+    store.insert(m).await.unwrap();
+    let channels = |record: &mps_proto::MessageRecord, user: &str| {
+        record
+            .recipients
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|r| r.user == user)
+            .unwrap()
+            .channels
+            .clone()
+    };
+    let record = store.get(95).await.unwrap().unwrap();
+    let s1 = channels(&record, "s1");
+    assert_eq!(s1["live"].status, ChannelStatus::Pending);
+    assert_eq!(s1["email"].status, ChannelStatus::Scheduled);
+    assert_eq!(s1["email"].due, Some(5_000));
+    assert_eq!(s1["push"].due, Some(9_000));
+
+    assert!(
+        store
+            .claim_steps(4_999, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.ack("default", "s2", vec![95]).await.unwrap();
+    let mut due = store.claim_steps(5_000, 60_000, 10).await.unwrap();
+    due.sort_by(|a, b| a.user.cmp(&b.user));
+    let seen: Vec<_> = due
+        .iter()
+        .map(|d| (d.user.as_str(), d.channel.as_str(), d.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("s1", "email", Status::Pending),
+            ("s2", "email", Status::Acked)
+        ]
+    );
+    assert_eq!(due[0].title.as_deref(), Some("title 95"));
+    assert_eq!(due[0].content.get(), r#"{"n":95}"#);
+    assert_eq!(due[0].app, "default");
+    // Claimed steps are not due again before their retry time.
+    assert!(
+        store
+            .claim_steps(8_999, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let record = |user: &str, channel: &str, status, reason: Option<&str>| StepRecord {
+        id: 95,
+        user: user.into(),
+        channel: channel.into(),
+        status,
+        reason: reason.map(str::to_owned),
+    };
+    let changed = store
+        .record_steps(
+            "default",
+            vec![
+                record("s1", "email", ChannelStatus::Sent, None),
+                record("s2", "email", ChannelStatus::Cancelled, None),
+                record("nobody", "email", ChannelStatus::Sent, None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 2, "only recipients of the message are recorded");
+    let due = store.claim_steps(60_000, 120_000, 10).await.unwrap();
+    assert_eq!(due.len(), 2, "the push steps only: {due:?}");
+    assert!(due.iter().all(|d| d.channel == "push"));
+    store
+        .record_steps(
+            "default",
+            vec![
+                record("s1", "push", ChannelStatus::Failed, Some("no device")),
+                record("s2", "push", ChannelStatus::Cancelled, None),
+                record("s1", "webhook", ChannelStatus::Sent, None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(store.claim_steps(FAR, FAR, 10).await.unwrap().is_empty());
+    let record = store.get(95).await.unwrap().unwrap();
+    let s1 = channels(&record, "s1");
+    assert_eq!(s1["email"].status, ChannelStatus::Sent);
+    assert_eq!(s1["email"].due, None);
+    assert_eq!(s1["push"].status, ChannelStatus::Failed);
+    assert_eq!(s1["push"].reason.as_deref(), Some("no device"));
+    assert_eq!(s1["webhook"].status, ChannelStatus::Sent);
+    let s2 = channels(&record, "s2");
+    assert_eq!(s2["live"].status, ChannelStatus::Acked);
+    assert_eq!(s2["email"].status, ChannelStatus::Cancelled);
+
+    // Deleting a message drops its steps.
+    let mut m = message(96, &["s1"], None, FAR);
+    m.steps = vec![("email".into(), 5_000)];
+    store.insert(m).await.unwrap();
+    assert!(store.delete(96).await.unwrap());
+    assert!(store.claim_steps(FAR, FAR, 10).await.unwrap().is_empty());
 }
 
 async fn formats_shape_what_an_agent_is_owed(store: &dyn Store) {

@@ -72,6 +72,8 @@ operations!(
     trim_topics,
     write_keyed,
     record_push,
+    claim_steps,
+    record_steps,
     register_device,
     remove_devices,
     remove_device_token,
@@ -266,6 +268,25 @@ impl Store for TimedStore {
         self.timers
             .record_push
             .time(self.inner.record_push(app, id, results))
+            .await
+    }
+
+    async fn claim_steps(
+        &self,
+        now: i64,
+        retry_at: i64,
+        limit: usize,
+    ) -> Result<Vec<DueStep>, StoreError> {
+        self.timers
+            .claim_steps
+            .time(self.inner.claim_steps(now, retry_at, limit))
+            .await
+    }
+
+    async fn record_steps(&self, app: &str, records: Vec<StepRecord>) -> Result<u64, StoreError> {
+        self.timers
+            .record_steps
+            .time(self.inner.record_steps(app, records))
             .await
     }
 

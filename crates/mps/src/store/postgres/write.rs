@@ -15,7 +15,7 @@ use crate::hub::AgentFilter;
 use crate::push::{Device, Way};
 use crate::store::{
     Claimed, DeviceSelector, ExpiredRecipient, IdempotencyKey, KeyedWrite, NewMessage, PushRecord,
-    Registered, StoreError, Swept, TermSet, TopicEntry,
+    Registered, StepRecord, StoreError, Swept, TermSet, TopicEntry,
 };
 
 /// Most writes folded into one transaction.
@@ -47,6 +47,10 @@ pub(super) enum Write {
         app: String,
         id: i64,
         results: Vec<PushRecord>,
+    },
+    RecordSteps {
+        app: String,
+        records: Vec<StepRecord>,
     },
     RegisterDevice(Device),
     RemoveDevices(DeviceSelector),
@@ -230,7 +234,8 @@ async fn apply(
         Write::Delete(id) => {
             let statement = tx
                 .prepare_cached(
-                    "WITH r AS (DELETE FROM recipients WHERE message_id = $1)
+                    "WITH r AS (DELETE FROM recipients WHERE message_id = $1),
+                          c AS (DELETE FROM channel_steps WHERE message_id = $1)
                      DELETE FROM messages WHERE id = $1",
                 )
                 .await?;
@@ -318,6 +323,34 @@ async fn apply(
             let now = crate::id::now_ms() as i64;
             let changed = tx
                 .execute(&statement, &[id, app, &now, &users, &pushes, &reasons])
+                .await?;
+            Ok(Written::Count(changed))
+        }
+        Write::RecordSteps { app, records } => {
+            let ids: Vec<i64> = records.iter().map(|r| r.id as i64).collect();
+            let users: Vec<&str> = records.iter().map(|r| r.user.as_str()).collect();
+            let channels: Vec<&str> = records.iter().map(|r| r.channel.as_str()).collect();
+            let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+            let reasons: Vec<Option<&str>> = records.iter().map(|r| r.reason.as_deref()).collect();
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO channel_steps (message_id, app, recipient, channel, status, due, reason, updated)
+                     SELECT v.id, $1, v.recipient, v.channel, v.status, NULL, v.reason, $2
+                     FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::text[])
+                          AS v(id, recipient, channel, status, reason)
+                     WHERE EXISTS (SELECT 1 FROM recipients r
+                                   WHERE r.message_id = v.id AND r.recipient = v.recipient)
+                     ON CONFLICT (message_id, recipient, channel) DO UPDATE SET
+                         status = EXCLUDED.status, due = NULL, reason = EXCLUDED.reason,
+                         updated = EXCLUDED.updated",
+                )
+                .await?;
+            let now = crate::id::now_ms() as i64;
+            let changed = tx
+                .execute(
+                    &statement,
+                    &[app, &now, &ids, &users, &channels, &statuses, &reasons],
+                )
                 .await?;
             Ok(Written::Count(changed))
         }
@@ -443,6 +476,30 @@ async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_p
         ],
     )
     .await?;
+    if !m.steps.is_empty() {
+        let (channels, dues): (Vec<&str>, Vec<i64>) =
+            m.steps.iter().map(|(c, due)| (c.as_str(), *due)).unzip();
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO channel_steps (message_id, app, recipient, channel, status, due, updated)
+                 SELECT $1, $2, u, s.channel, 'scheduled', s.due, $3
+                 FROM unnest($4::text[]) AS u, unnest($5::text[], $6::int8[]) AS s(channel, due)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[
+                &(m.id as i64),
+                &m.app,
+                &m.created,
+                &m.recipients,
+                &channels,
+                &dues,
+            ],
+        )
+        .await?;
+    }
     Ok(Written::Count(1))
 }
 
@@ -632,6 +689,8 @@ async fn sweep(
     let deleted = tx
         .execute(
             "WITH r AS (DELETE FROM recipients WHERE message_id IN
+                          (SELECT id FROM messages WHERE expires <= $1)),
+                  c AS (DELETE FROM channel_steps WHERE message_id IN
                           (SELECT id FROM messages WHERE expires <= $1))
              DELETE FROM messages WHERE expires <= $1",
             &[&cutoff],

@@ -1,13 +1,19 @@
-//! Channels besides the live connection and the vendor push: the webhook channel posts a
-//! directed message, one request per recipient, to a URL of the app's back end, signed and
-//! retried like webhooks (docs/channels.md).
+//! Channels besides the live connection, for directed messages (docs/channels.md): the vendor
+//! push ([`crate::push`]), the webhook channel here (one signed request per recipient to a URL
+//! of the app's back end, retried like webhooks), the e-mail channel ([`email`]), and the
+//! chain that runs a message's channels in order, later ones only for recipients who have not
+//! acked it by then ([`chain`]).
 //!
 //! A message picks its channels with `channels` on `SendMessage`. Each app's webhook channel
 //! has a bounded queue and one task: a full queue drops the request (counted), never blocking
-//! the sender; the task posts through [`crate::webhooks`]' signing and retrying poster.
+//! the sender; the task posts through [`crate::webhooks`]' signing and retrying poster and
+//! records each recipient's outcome in the store.
+
+pub mod chain;
+pub mod email;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -15,10 +21,11 @@ use mps_proto::PushedMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::store::{StepRecord, Store};
 use crate::webhooks::{Poster, WebhookConfig};
 
 /// The channels a message can name in `channels`.
-pub const NAMES: [&str; 2] = ["push", "webhook"];
+pub const NAMES: [&str; 3] = ["push", "webhook", "email"];
 
 /// `[push.apps.<app>.webhook]`: where the app's directed messages go through the webhook
 /// channel.
@@ -78,6 +85,7 @@ static CHANNELS: OnceLock<BTreeMap<String, AppChannel>> = OnceLock::new();
 /// Checks the apps' webhook channels and starts a task for each. Call once, in a runtime.
 pub fn start<'a>(
     apps: impl Iterator<Item = (&'a String, &'a WebhookChannelConfig)>,
+    store: Arc<dyn Store>,
 ) -> anyhow::Result<()> {
     let mut channels = BTreeMap::new();
     let mut client = None;
@@ -110,7 +118,7 @@ pub fn start<'a>(
             },
             client: client.clone(),
         };
-        tokio::spawn(run(poster, rx));
+        tokio::spawn(run(poster, rx, store.clone()));
         channels.insert(app.clone(), AppChannel { queue: tx });
     }
     if channels.is_empty() {
@@ -156,18 +164,32 @@ fn count(result: &'static str) {
         .increment(1);
 }
 
-async fn run(poster: Poster, mut rx: mpsc::Receiver<ChannelMessage>) {
+async fn run(poster: Poster, mut rx: mpsc::Receiver<ChannelMessage>, store: Arc<dyn Store>) {
     while let Some(item) = rx.recv().await {
         // Plain structs of strings and numbers always serialize.
         let body = Bytes::from(serde_json::to_vec(&item).unwrap_or_default());
         let delivery = format!("{}.{}", item.message.id, item.user);
         let taken = poster.post(&delivery, body).await;
         count(if taken { "sent" } else { "failed" });
+        let id = item.message.id.parse().unwrap_or_default();
+        let reason = "the webhook channel did not take it after its retries";
         if !taken {
             // The same event as a failed vendor push, with `way` `webhook` and no device.
-            let id = item.message.id.parse().unwrap_or_default();
-            let reason = "the webhook channel did not take it after its retries";
             crate::webhooks::push_failed(&item.app, &item.user, id, "", "webhook", reason);
+        }
+        let record = StepRecord {
+            id,
+            user: item.user.clone(),
+            channel: "webhook".into(),
+            status: if taken {
+                mps_proto::ChannelStatus::Sent
+            } else {
+                mps_proto::ChannelStatus::Failed
+            },
+            reason: (!taken).then(|| reason.to_owned()),
+        };
+        if let Err(e) = store.record_steps(&item.app, vec![record]).await {
+            tracing::warn!(id, error = %e, "recording a webhook channel outcome failed");
         }
     }
 }

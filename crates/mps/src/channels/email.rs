@@ -1,0 +1,382 @@
+//! The e-mail channel: a directed message sent as a plain-text e-mail to each recipient's
+//! `email` attribute through the app's SMTP relay (`[push.apps.<app>.email]`,
+//! docs/channels.md).
+//!
+//! Every e-mail is a step of the message's channel chain ([`super::chain`]): the chain's runner
+//! hands due steps to [`offer`], each app's bounded queue feeds a few senders, and each outcome
+//! (`sent`, `failed`, `muted`, `skipped`) is recorded in the store. Temporary SMTP failures
+//! (4xx answers, connection errors, timeouts) are retried with a bounded exponential backoff;
+//! a permanent one (5xx) gives up at once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::preferences::Muting;
+use crate::store::{StepRecord, Store};
+use mps_proto::ChannelStatus;
+
+/// The attribute that holds a user's e-mail address (`PUT /api/v1/users/{user}/attributes`).
+pub const ADDRESS_ATTRIBUTE: &str = "email";
+/// E-mails of one app being sent at once.
+const SENDERS: usize = 4;
+
+/// How the connection to the relay is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain connection upgraded with STARTTLS, which the relay must offer (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host or network.
+    None,
+}
+
+/// `[push.apps.<app>.email]`: the SMTP relay the app's e-mails go through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The relay's host name (also the name its TLS certificate must carry).
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// Credentials for SMTP AUTH (PLAIN or LOGIN), when the relay wants them.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The sender, `Shop <noreply@shop.example.com>` or a bare address.
+    pub from: String,
+    /// The subject: `${title}`, `${app}`, `${id}`, `${user}`, `${component}` and `${sender}` are
+    /// replaced by the message's (an absent one by nothing).
+    pub subject: String,
+    /// E-mails waiting to be sent; past this, the step is tried again later.
+    pub queue: usize,
+    /// Tries per e-mail, the first included, for temporary failures.
+    pub attempts: u32,
+    /// Wait before the first retry, milliseconds; doubled per retry, with jitter.
+    pub backoff_ms: u64,
+    /// Longest wait between retries, milliseconds.
+    pub max_backoff_ms: u64,
+    /// Seconds one SMTP command may take.
+    pub timeout: u64,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            host: String::new(),
+            port: 587,
+            tls: TlsMode::Starttls,
+            username: None,
+            password: None,
+            from: String::new(),
+            subject: "${title}".into(),
+            queue: 1024,
+            attempts: 4,
+            backoff_ms: 1000,
+            max_backoff_ms: 60_000,
+            timeout: 30,
+        }
+    }
+}
+
+/// One e-mail to send: a message for one recipient, in its `email` shape.
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub app: String,
+    pub id: u64,
+    pub user: String,
+    pub title: Option<String>,
+    pub component: Option<String>,
+    pub sender: Option<String>,
+    /// The content as JSON text.
+    pub content: String,
+}
+
+struct AppEmail {
+    queue: mpsc::Sender<Email>,
+}
+
+static APPS: OnceLock<BTreeMap<String, AppEmail>> = OnceLock::new();
+
+/// What each app's senders share.
+struct Sender {
+    app: String,
+    config: EmailConfig,
+    from: Mailbox,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    store: Arc<dyn Store>,
+}
+
+/// Checks the apps' e-mail channels and starts their senders. Call once, in a runtime.
+pub fn start<'a>(
+    apps: impl Iterator<Item = (&'a String, &'a EmailConfig)>,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<()> {
+    let mut started = BTreeMap::new();
+    for (app, config) in apps {
+        let what = format!("[push.apps.{app}.email]");
+        anyhow::ensure!(!config.host.is_empty(), "{what}: host is empty");
+        anyhow::ensure!(config.queue > 0, "{what}: queue must be at least 1");
+        anyhow::ensure!(config.attempts > 0, "{what}: attempts must be at least 1");
+        let from: Mailbox = config
+            .from
+            .parse()
+            .with_context(|| format!("{what}: from {:?} is not an address", config.from))?;
+        let tls = match config.tls {
+            TlsMode::None => Tls::None,
+            TlsMode::Starttls => Tls::Required(
+                TlsParameters::new(config.host.clone()).with_context(|| format!("{what}: TLS"))?,
+            ),
+            TlsMode::Tls => Tls::Wrapper(
+                TlsParameters::new(config.host.clone()).with_context(|| format!("{what}: TLS"))?,
+            ),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .port(config.port)
+            .tls(tls)
+            .timeout(Some(Duration::from_secs(config.timeout.max(1))));
+        match (&config.username, &config.password) {
+            (Some(user), Some(password)) => {
+                builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("{what}: give both username and password, or neither"),
+        }
+        for result in ["sent", "failed", "muted", "skipped", "dropped"] {
+            metrics::counter!("mps_channel_messages_total", "channel" => "email", "result" => result)
+                .absolute(0);
+        }
+        metrics::counter!("mps_email_retries_total").absolute(0);
+        let (tx, rx) = mpsc::channel(config.queue);
+        let sender = Arc::new(Sender {
+            app: app.clone(),
+            config: config.clone(),
+            from,
+            transport: builder.build(),
+            store: store.clone(),
+        });
+        tokio::spawn(run(sender, rx));
+        started.insert(app.clone(), AppEmail { queue: tx });
+    }
+    if started.is_empty() {
+        return Ok(());
+    }
+    anyhow::ensure!(APPS.set(started).is_ok(), "e-mail was started already");
+    Ok(())
+}
+
+/// Whether `app` has an e-mail channel.
+pub fn configured(app: &str) -> bool {
+    APPS.get().is_some_and(|a| a.contains_key(app))
+}
+
+/// Queues an e-mail; false when the app's queue is full (or it has no e-mail channel).
+pub fn offer(email: Email) -> bool {
+    let Some(app) = APPS.get().and_then(|a| a.get(&email.app)) else {
+        return false;
+    };
+    let taken = app.queue.try_send(email).is_ok();
+    if !taken {
+        count("dropped");
+    }
+    taken
+}
+
+fn count(result: &'static str) {
+    metrics::counter!("mps_channel_messages_total", "channel" => "email", "result" => result)
+        .increment(1);
+}
+
+async fn run(sender: Arc<Sender>, mut rx: mpsc::Receiver<Email>) {
+    let senders = Arc::new(Semaphore::new(SENDERS));
+    while let Some(email) = rx.recv().await {
+        let Ok(permit) = senders.clone().acquire_owned().await else {
+            return;
+        };
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let (status, reason) = sender.deliver(&email).await;
+            count(status.as_str());
+            let record = StepRecord {
+                id: email.id,
+                user: email.user.clone(),
+                channel: "email".into(),
+                status,
+                reason,
+            };
+            if let Err(e) = sender.store.record_steps(&sender.app, vec![record]).await {
+                tracing::warn!(id = email.id, error = %e, "recording an e-mail's outcome failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Sender {
+    /// Sends one e-mail unless the user has no address or muted it; the outcome and why.
+    async fn deliver(&self, email: &Email) -> (ChannelStatus, Option<String>) {
+        let store = &self.store;
+        let terms = match store.terms(&email.app, &email.user).await {
+            Ok(terms) => terms,
+            Err(e) => {
+                return (
+                    ChannelStatus::Failed,
+                    Some(format!("reading the address: {e}")),
+                );
+            }
+        };
+        let prefix = format!("{ADDRESS_ATTRIBUTE}:");
+        let Some(address) = terms.iter().find_map(|t| t.strip_prefix(&prefix)) else {
+            return (
+                ChannelStatus::Skipped,
+                Some("the user has no email attribute".into()),
+            );
+        };
+        let to: Mailbox = match address.parse() {
+            Ok(to) => to,
+            Err(e) => {
+                return (
+                    ChannelStatus::Skipped,
+                    Some(format!("email attribute {address:?}: {e}")),
+                );
+            }
+        };
+        // Not knowing the preferences, send: an e-mail too many beats none.
+        if let Ok(found) = store
+            .preferences(&email.app, std::slice::from_ref(&email.user))
+            .await
+        {
+            let now = crate::id::now_ms() as i64;
+            let muted = found
+                .first()
+                .and_then(|(_, p)| p.mutes(email.component.as_deref(), "email", now));
+            if let Some(reason) = muted {
+                return (ChannelStatus::Muted, Some(reason.into()));
+            }
+        }
+        let message = match lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject(&self.config.subject, email))
+            .message_id(Some(format!("<{}.{}@mps>", email.id, email.user)))
+            .header(ContentType::TEXT_PLAIN)
+            .body(body(email))
+        {
+            Ok(message) => message,
+            Err(e) => return (ChannelStatus::Failed, Some(e.to_string())),
+        };
+        for attempt in 1..=self.config.attempts {
+            match self.transport.send(message.clone()).await {
+                Ok(_) => return (ChannelStatus::Sent, None),
+                Err(e) if e.is_permanent() => {
+                    tracing::warn!(app = %email.app, id = email.id, error = %e, "the SMTP relay refused an e-mail");
+                    return (ChannelStatus::Failed, Some(e.to_string()));
+                }
+                Err(e) if attempt == self.config.attempts => {
+                    tracing::warn!(app = %email.app, id = email.id, error = %e, "e-mail not sent after its retries");
+                    return (
+                        ChannelStatus::Failed,
+                        Some(format!("after {attempt} attempts: {e}")),
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(app = %email.app, id = email.id, attempt, error = %e, "e-mail failed; retrying");
+                    metrics::counter!("mps_email_retries_total").increment(1);
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+            }
+        }
+        (ChannelStatus::Failed, Some("no attempt".into()))
+    }
+
+    /// The wait after failed attempt `attempt` (from 1): doubling from `backoff_ms` up to
+    /// `max_backoff_ms`, then between half and all of that.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .config
+            .backoff_ms
+            .saturating_mul(1u64 << (attempt - 1).min(30))
+            .min(self.config.max_backoff_ms);
+        Duration::from_millis(doubled / 2 + rand::random::<u64>() % (doubled / 2 + 1))
+    }
+}
+
+/// The subject template filled in; `New message` when it comes out empty.
+fn subject(template: &str, email: &Email) -> String {
+    let id = email.id.to_string();
+    let mut text = template.to_owned();
+    for (name, value) in [
+        ("title", email.title.as_deref()),
+        ("app", Some(email.app.as_str())),
+        ("id", Some(id.as_str())),
+        ("user", Some(email.user.as_str())),
+        ("component", email.component.as_deref()),
+        ("sender", email.sender.as_deref()),
+    ] {
+        text = text.replace(&format!("${{{name}}}"), value.unwrap_or(""));
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        "New message".into()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The plain-text body: the content when it is a string, else its `text` or `body` field when
+/// that is a string, else the content as indented JSON.
+fn body(email: &Email) -> String {
+    let content: serde_json::Value = serde_json::from_str(&email.content).unwrap_or_default();
+    let text = match &content {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(fields) => ["text", "body"]
+            .iter()
+            .find_map(|k| fields.get(*k).and_then(|v| v.as_str()).map(str::to_owned)),
+        _ => None,
+    };
+    let mut body =
+        text.unwrap_or_else(|| serde_json::to_string_pretty(&content).unwrap_or_default());
+    body.push('\n');
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email(title: Option<&str>, content: &str) -> Email {
+        Email {
+            app: "shop".into(),
+            id: 7,
+            user: "alice".into(),
+            title: title.map(str::to_owned),
+            component: None,
+            sender: None,
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn subjects_and_bodies() {
+        let e = email(
+            Some("Order shipped"),
+            r#"{"text":"It is on its way","n":1}"#,
+        );
+        assert_eq!(subject("[${app}] ${title}", &e), "[shop] Order shipped");
+        assert_eq!(body(&e), "It is on its way\n");
+        let bare = email(None, r#"{"n":1}"#);
+        assert_eq!(subject("${title}", &bare), "New message");
+        assert_eq!(body(&bare), "{\n  \"n\": 1\n}\n");
+        assert_eq!(body(&email(None, r#""plain""#)), "plain\n");
+    }
+}
