@@ -20,8 +20,11 @@
 //! - [`transport`]: thin adapters from client connections (WebSocket) to the engine.
 //! - [`ingest`]: consumers of message queues (RabbitMQ, NATS JetStream) that send what back ends
 //!   publish there, acked once durable, invalid messages dead-lettered.
-//! - [`preferences`]: users' muted components and channels and quiet hours for vendor push.
+//! - [`preferences`]: users' muted components and channels and quiet hours for vendor push and
+//!   e-mail.
 //! - [`push`]: vendor push (APNs, FCM, Web Push) to devices with no live connection.
+//! - [`channels`]: the webhook and e-mail channels of directed messages, and the chain that
+//!   runs later channels from the store for recipients who have not acked.
 //! - [`api`]: the HTTP API under `/api/v1`, health and metrics.
 //! - [`limits`]: connection counts, rate limits and the accounting of refusals.
 //! - [`listener`]: accepts TCP connections within the limits and serves HTTP/1.1 on them.
