@@ -119,13 +119,56 @@ async fn a_user_over_its_connections_is_refused_on_every_transport() {
     counted(&server, &["connections_per_user"]).await;
 }
 
-/// Opens `count` TCP connections that send nothing.
-async fn idle_sockets(server: &Server, count: usize) -> Vec<TcpStream> {
+/// Opens `count` TCP connections that the server has admitted: each asks for `/healthz` and
+/// stays open (keep-alive). A connection refused with 429 or 503, because one the test closed
+/// before is still being counted, is tried again.
+async fn held_sockets(server: &Server, count: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
-    for _ in 0..count {
-        held.push(TcpStream::connect(&server.addr).await.expect("connect"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held.len() < count {
+        let mut stream = TcpStream::connect(&server.addr).await.expect("connect");
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+        stream.write_all(request.as_bytes()).await.expect("write");
+        if answer_status(&mut stream).await == Some(200) {
+            held.push(stream);
+        } else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server never admitted {count} connections"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     held
+}
+
+/// Reads one HTTP answer (head and a `content-length` body) and returns its status.
+async fn answer_status(stream: &mut TcpStream) -> Option<u16> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if raw.len() >= end + 4 + length {
+                    return text.split(' ').nth(1)?.parse().ok();
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Waits until the server counts `open` connections besides the one asking (a closed socket is
@@ -151,12 +194,12 @@ async fn connections_per_address_are_limited_with_429() {
     // Upgraded sockets count as long as they are open, like any other.
     let mut ws = open_ws(&server, "alice").await;
     opened(&mut ws).await;
-    let held = idle_sockets(&server, 2).await;
+    let held = held_sockets(&server, 2).await;
     let answer = server.request("GET", "/healthz", None, None).await;
     limited(&answer, 429, "too_many_connections");
     drop(held);
     serving_again(&server, 1).await;
-    let held = idle_sockets(&server, 2).await;
+    let held = held_sockets(&server, 2).await;
     let refused = server
         .upgrade_request(&format!("/websocket/{}", token("bob")))
         .await;
@@ -175,7 +218,7 @@ async fn a_full_node_answers_503_and_takes_connections_again_when_they_close() {
         .sse(&format!("token={}", token("bob")), &[])
         .await
         .expect("SSE stream");
-    let held = idle_sockets(&server, 1).await;
+    let held = held_sockets(&server, 1).await;
     let answer = server.request("GET", "/healthz", None, None).await;
     limited(&answer, 503, "server_full");
     let answer = server
