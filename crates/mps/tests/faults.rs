@@ -16,10 +16,11 @@ use tokio::sync::Semaphore;
 async fn heartbeat_drops_a_peer_that_stops_reading_and_keeps_one_that_reads() {
     let server = Server::with_env(&[
         ("MPS_CONNECTION__HEARTBEAT", "1"),
-        ("MPS_CONNECTION__TIMEOUT", "2"),
+        ("MPS_CONNECTION__TIMEOUT", "3"),
     ]);
     let mut reader = server.connect("reader", "bs", &[]).await;
-    assert_eq!((reader.session.heartbeat, reader.session.timeout), (1, 2));
+    assert_eq!((reader.session.heartbeat, reader.session.timeout), (1, 3));
+    // The bounds below leave room for a loaded machine: a silent peer goes after 3 to 4 s.
     // Opens its session, then never reads again: it never sees the pings, so never answers.
     let deaf = server.open_raw("deaf", "bs", &[]).await;
     // Stops reading too, but while a burst is on its way: the server's writes to it block on
@@ -49,13 +50,13 @@ async fn heartbeat_drops_a_peer_that_stops_reading_and_keeps_one_that_reads() {
     server.wait_clients("deaf", 0).await;
     let dropped_after = since.elapsed();
     assert!(
-        dropped_after < Duration::from_secs(5),
+        dropped_after < Duration::from_secs(8),
         "dropped after {dropped_after:?}"
     );
     server.wait_clients("flooded", 0).await;
     let flooded_after = since.elapsed();
     assert!(
-        flooded_after < Duration::from_secs(6),
+        flooded_after < Duration::from_secs(9),
         "flooded dropped after {flooded_after:?}"
     );
     let mut reader = reading.await.unwrap();
