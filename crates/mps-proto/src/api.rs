@@ -615,6 +615,10 @@ pub struct Preferences {
     pub muted_channels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_hours: Option<QuietHours>,
+    /// The user's own channel chain, used for messages that do not name their `channels`
+    /// (same form as a message's: `["push", {"channel": "email", "after": "30m"}]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelChoice>,
 }
 
 /// `PUT /api/v1/users/{user}/preferences` (admin) and `PUT /api/v1/me/preferences` (client
@@ -632,6 +636,9 @@ pub struct PreferencesRequest {
     pub muted_channels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_hours: Option<QuietHours>,
+    /// The user's own channel chain for messages that do not name their `channels`.
+    #[serde(default)]
+    pub channels: Vec<ChannelChoice>,
 }
 
 /// A user's preferences, as stored.
@@ -644,4 +651,6 @@ pub struct UserPreferences {
     pub muted_channels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_hours: Option<QuietHours>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelChoice>,
 }

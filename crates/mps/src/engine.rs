@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mps_proto::{
-    ChannelChoice, ChannelStep, DeliveryClass, EventData, EventType, Frame, PushFrame,
-    PushedMessage, SendMessage, SendResult,
+    ChannelChoice, DeliveryClass, EventData, EventType, Frame, PushFrame, PushedMessage,
+    SendMessage, SendResult,
 };
 use tokio::sync::mpsc;
 
@@ -100,7 +100,7 @@ fn class_label(class: DeliveryClass) -> &'static str {
 }
 
 /// A delivery written to a connection, to be recorded.
-/// The channels a message takes besides the live one.
+/// The channels a message (or a recipient's own chain) takes besides the live one.
 #[derive(Debug, Default)]
 struct Chosen {
     /// The vendor push, at once.
@@ -109,6 +109,22 @@ struct Chosen {
     webhook: bool,
     /// Steps of the chain, run from the store: (channel, seconds after sending).
     later: Vec<(String, u64)>,
+}
+
+impl Chosen {
+    /// Splits a checked chain: the vendor push and the webhook without delay run at once,
+    /// everything else (every e-mail) from the store.
+    fn from_chain(chain: Vec<(&str, u64)>) -> Chosen {
+        let mut chosen = Chosen::default();
+        for (channel, after) in chain {
+            match channel {
+                "push" if after == 0 => chosen.push = true,
+                "webhook" if after == 0 => chosen.webhook = true,
+                _ => chosen.later.push((channel.to_owned(), after)),
+            }
+        }
+        chosen
+    }
 }
 
 struct Delivered {
@@ -298,7 +314,22 @@ impl Engine {
             .into_iter()
             .map(|(channel, after)| (channel, created.saturating_add(after as i64 * 1000)))
             .collect();
-        let step_now = steps.iter().any(|(_, due)| *due <= created);
+        // A message that names no channels follows each recipient's own chain, if any.
+        let own = match (&req.channels, &recipients) {
+            (None, Some(recipients)) => self.own_chains(&app, recipients, ttl).await,
+            _ => BTreeMap::new(),
+        };
+        let own_steps: Vec<(String, String, i64)> = own
+            .iter()
+            .flat_map(|(user, chosen)| {
+                chosen.later.iter().map(move |(channel, after)| {
+                    let due = created.saturating_add(*after as i64 * 1000);
+                    (user.clone(), channel.clone(), due)
+                })
+            })
+            .collect();
+        let step_now = steps.iter().any(|(_, due)| *due <= created)
+            || own_steps.iter().any(|(_, _, due)| *due <= created);
         let policy = req.push.unwrap_or_default();
         let mut fallback = None;
         let mut webhook = None;
@@ -306,10 +337,19 @@ impl Engine {
             Some(recipients) => {
                 let count = recipients.len();
                 let expires = created.saturating_add((ttl as i64).saturating_mul(1000));
-                if webhook_channel {
-                    webhook = Some((recipients.clone(), pushed.clone()));
+                let taking = |now: bool, of: fn(&Chosen) -> bool| -> Vec<String> {
+                    recipients
+                        .iter()
+                        .filter(|u| own.get(*u).map_or(now, of))
+                        .cloned()
+                        .collect()
+                };
+                let webhook_users = taking(webhook_channel, |c| c.webhook);
+                let push_users = taking(push_channel, |c| c.push);
+                if !webhook_users.is_empty() {
+                    webhook = Some((webhook_users, pushed.clone()));
                 }
-                if push_channel && self.push.wanted(&app, policy) {
+                if !push_users.is_empty() && self.push.wanted(&app, policy) {
                     fallback = Some(Job {
                         note: Notification {
                             id,
@@ -328,7 +368,7 @@ impl Engine {
                                 })
                                 .collect(),
                         },
-                        recipients: recipients.clone(),
+                        recipients: push_users,
                         agents: agents.clone(),
                         policy,
                     });
@@ -347,6 +387,7 @@ impl Engine {
                     expires,
                     recipients: recipients.clone(),
                     steps,
+                    own_steps,
                 };
                 (
                     DeliveryClass::Directed,
@@ -622,59 +663,65 @@ impl Engine {
         channels: &[ChannelChoice],
         ttl: u64,
     ) -> Result<Chosen, EngineError> {
-        let bad = |message: String| invalid("invalid_channels", message);
         if !directed {
-            return Err(bad(
-                "channels apply to directed messages (with receiver)".into()
+            return Err(invalid(
+                "invalid_channels",
+                "channels apply to directed messages (with receiver)",
             ));
         }
-        let mut chosen = Chosen::default();
-        let mut seen: Vec<&str> = Vec::new();
-        for choice in channels {
-            let channel = choice.channel();
-            if !crate::channels::NAMES.contains(&channel) {
-                return Err(bad(format!(
-                    "unknown channel {channel:?} (known: {})",
-                    crate::channels::NAMES.join(", ")
-                )));
-            }
-            if seen.contains(&channel) {
-                return Err(bad(format!("channels lists {channel:?} twice")));
-            }
-            seen.push(channel);
-            let after = match choice {
-                ChannelChoice::Step(ChannelStep {
-                    after: Some(delay), ..
-                }) => delay.seconds().ok_or_else(|| {
-                    bad(format!(
-                        "after of {channel:?} must be seconds or a number with s, m, h or d"
-                    ))
-                })?,
-                _ => 0,
-            };
-            if after >= ttl {
-                return Err(bad(format!(
-                    "after of {channel:?} is not within the message's ttl ({ttl} s)"
-                )));
-            }
-            let configured = match channel {
-                "webhook" => crate::channels::has_webhook(app),
-                "email" => crate::channels::email::configured(app),
-                _ => true,
-            };
-            if !configured {
-                return Err(invalid(
-                    "channel_not_configured",
-                    format!("app {app:?} has no {channel} channel ([push.apps.{app}.{channel}])"),
-                ));
-            }
-            match channel {
-                "push" if after == 0 => chosen.push = true,
-                "webhook" if after == 0 => chosen.webhook = true,
-                _ => chosen.later.push((channel.to_owned(), after)),
-            }
+        let chain = crate::channels::check_chain(channels, ttl)
+            .map_err(|e| invalid("invalid_channels", e))?;
+        if let Some((channel, _)) = chain
+            .iter()
+            .find(|(c, _)| !crate::channels::configured(app, c))
+        {
+            return Err(invalid(
+                "channel_not_configured",
+                format!("app {app:?} has no {channel} channel ([push.apps.{app}.{channel}])"),
+            ));
         }
-        Ok(chosen)
+        Ok(Chosen::from_chain(chain))
+    }
+
+    /// The recipients' own chains (their preferences' `channels`), for a message that names
+    /// none, in an app with a channel besides the vendor push. A chain that does not fit the
+    /// message (a delay past its ttl) or the app (a channel it lacks) keeps what fits.
+    async fn own_chains(
+        &self,
+        app: &str,
+        recipients: &[String],
+        ttl: u64,
+    ) -> BTreeMap<String, Chosen> {
+        if !crate::channels::configured(app, "email")
+            && !crate::channels::configured(app, "webhook")
+        {
+            return BTreeMap::new();
+        }
+        let found = match self.store.preferences(app, recipients).await {
+            Ok(found) => found,
+            // Not knowing them, send as the message says.
+            Err(e) => {
+                tracing::warn!(error = %e, "reading preferences failed; using the message's channels");
+                return BTreeMap::new();
+            }
+        };
+        found
+            .into_iter()
+            .filter(|(_, p)| !p.channels.is_empty())
+            .map(|(user, p)| {
+                let chain = p
+                    .channels
+                    .iter()
+                    .filter_map(|choice| {
+                        let step = crate::channels::check_chain(std::slice::from_ref(choice), ttl)
+                            .ok()?
+                            .pop()?;
+                        crate::channels::configured(app, step.0).then_some(step)
+                    })
+                    .collect();
+                (user, Chosen::from_chain(chain))
+            })
+            .collect()
     }
 
     /// Parses and checks a message's audience, if it has one.

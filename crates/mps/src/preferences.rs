@@ -35,10 +35,12 @@ pub fn check(request: PreferencesRequest) -> Result<Preferences, String> {
     if let Some(quiet) = &request.quiet_hours {
         Quiet::parse(quiet)?;
     }
+    crate::channels::check_chain(&request.channels, u64::MAX)?;
     Ok(Preferences {
         muted_components: components,
         muted_channels: channels,
         quiet_hours: request.quiet_hours,
+        channels: request.channels,
     })
 }
 
@@ -166,6 +168,14 @@ mod tests {
                 ..PreferencesRequest::default()
             },
             PreferencesRequest {
+                channels: vec!["pigeon".into()],
+                ..PreferencesRequest::default()
+            },
+            PreferencesRequest {
+                channels: vec!["email".into(), "email".into()],
+                ..PreferencesRequest::default()
+            },
+            PreferencesRequest {
                 quiet_hours: Some(quiet("07:00", "07:00", None)),
                 ..PreferencesRequest::default()
             },
@@ -188,6 +198,7 @@ mod tests {
             muted_components: vec!["oa".into()],
             muted_channels: vec!["webpush".into()],
             quiet_hours: Some(quiet("22:00", "07:00", Some("+08:00"))),
+            channels: Vec::new(),
         };
         let noon_beijing = at(4, 0);
         assert_eq!(prefs.mutes(Some("esbm"), "apns", noon_beijing), None);

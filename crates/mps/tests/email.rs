@@ -327,3 +327,61 @@ async fn the_chain_goes_on_after_a_kill_and_restart() {
         mails[0].data
     );
 }
+
+#[tokio::test]
+async fn a_users_own_chain_applies_to_messages_without_channels() {
+    let (port, relay) = relay(&[]).await;
+    let server = Server::with_config(&config(port), &[]);
+    let api = server.api();
+    for user in ["frank", "gina"] {
+        api.set_attributes(user, &[("email", &format!("{user}@example.com"))])
+            .await
+            .unwrap();
+    }
+    let own = server
+        .request(
+            "PUT",
+            "/api/v1/users/frank/preferences",
+            Some(&format!("Bearer {ADMIN_KEY}")),
+            Some(r#"{"channels":["push",{"channel":"email","after":1}]}"#),
+        )
+        .await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert!(own.body.contains(r#""after":1"#), "{}", own.body);
+    let bad = server
+        .request(
+            "PUT",
+            "/api/v1/users/gina/preferences",
+            Some(&format!("Bearer {ADMIN_KEY}")),
+            Some(r#"{"channels":["pigeon"]}"#),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // Without `channels`: frank's own chain, gina the default (the vendor push only).
+    let sent = api
+        .send(&message(
+            r#"{"text":"Weekly report"}"#,
+            Some(&["frank", "gina"]),
+        ))
+        .await
+        .unwrap();
+    wait_status(&server, &sent.id, "frank", "email", ChannelStatus::Sent).await;
+    assert_eq!(relay.to("frank@example.com").len(), 1);
+    assert_eq!(
+        channel_status(&server, &sent.id, "gina", "email").await,
+        None
+    );
+    assert!(relay.to("gina@example.com").is_empty());
+    // A message that names its channels does not follow the user's.
+    let named = api
+        .send(&with_channels("{}", &["frank"], vec!["push".into()]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        channel_status(&server, &named.id, "frank", "email").await,
+        None
+    );
+    assert_eq!(relay.to("frank@example.com").len(), 1);
+}

@@ -223,6 +223,7 @@ fn preferences_answer(app: String, user: String, preferences: Preferences) -> Us
         muted_components: preferences.muted_components,
         muted_channels: preferences.muted_channels,
         quiet_hours: preferences.quiet_hours,
+        channels: preferences.channels,
     }
 }
 

@@ -417,6 +417,7 @@ mod tests {
                 expires: i64::MAX / 2,
                 recipients: recipients.iter().map(|s| s.to_string()).collect(),
                 steps: Vec::new(),
+                own_steps: Vec::new(),
             })
             .await
             .unwrap();
@@ -460,6 +461,7 @@ mod tests {
             muted_components: components.iter().map(|s| s.to_string()).collect(),
             muted_channels: channels.iter().map(|s| s.to_string()).collect(),
             quiet_hours: None,
+            channels: Vec::new(),
         };
         store
             .set_preferences("default", "m1", mute(&["esbm"], &[]))

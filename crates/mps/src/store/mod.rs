@@ -53,6 +53,8 @@ pub struct NewMessage {
     /// Steps of the message's channel chain run by [`Store::claim_steps`], for every
     /// recipient: (channel, due time in Unix ms).
     pub steps: Vec<(String, i64)>,
+    /// Steps of recipients' own chains: (recipient, channel, due time in Unix ms).
+    pub own_steps: Vec<(String, String, i64)>,
 }
 
 /// A step of a channel chain that came due, claimed by one node ([`Store::claim_steps`]), with

@@ -710,7 +710,7 @@ fn insert(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Writte
     for user in &m.recipients {
         stmt.execute(params![m.id as i64, m.app, user, m.created])?;
     }
-    if !m.steps.is_empty() {
+    if !m.steps.is_empty() || !m.own_steps.is_empty() {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO channel_steps (message_id, app, user, channel, status, due, updated)
              VALUES (?1, ?2, ?3, ?4, 'scheduled', ?5, ?6)",
@@ -719,6 +719,9 @@ fn insert(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Writte
             for (channel, due) in &m.steps {
                 stmt.execute(params![m.id as i64, m.app, user, channel, due, m.created])?;
             }
+        }
+        for (user, channel, due) in &m.own_steps {
+            stmt.execute(params![m.id as i64, m.app, user, channel, due, m.created])?;
         }
     }
     Ok(Written::Count(1))

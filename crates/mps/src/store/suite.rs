@@ -26,6 +26,7 @@ fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) 
         expires,
         recipients: recipients.iter().map(|s| s.to_string()).collect(),
         steps: Vec::new(),
+        own_steps: Vec::new(),
     }
 }
 
@@ -147,6 +148,25 @@ async fn channel_steps_come_due_once_and_are_recorded(store: &dyn Store) {
     assert_eq!(s2["live"].status, ChannelStatus::Acked);
     assert_eq!(s2["email"].status, ChannelStatus::Cancelled);
 
+    // A recipient's own chain: steps for that recipient only.
+    let mut m = message(97, &["s1", "s2"], None, FAR);
+    m.own_steps = vec![("s2".into(), "webhook".into(), 7_000)];
+    store.insert(m).await.unwrap();
+    let due = store.claim_steps(FAR, FAR, 10).await.unwrap();
+    let seen: Vec<_> = due
+        .iter()
+        .map(|d| (d.id, d.user.as_str(), d.channel.as_str()))
+        .collect();
+    assert_eq!(seen, [(97, "s2", "webhook")]);
+    let sent = StepRecord {
+        id: 97,
+        user: "s2".into(),
+        channel: "webhook".into(),
+        status: ChannelStatus::Sent,
+        reason: None,
+    };
+    assert_eq!(store.record_steps("default", vec![sent]).await.unwrap(), 1);
+
     // Deleting a message drops its steps.
     let mut m = message(96, &["s1"], None, FAR);
     m.steps = vec![("email".into(), 5_000)];
@@ -193,6 +213,13 @@ async fn preferences_replaced_and_read(store: &dyn Store) {
             end: "07:00".into(),
             utc_offset: Some("+08:00".into()),
         }),
+        channels: vec![
+            "push".into(),
+            mps_proto::ChannelChoice::Step(mps_proto::ChannelStep {
+                channel: "email".into(),
+                after: Some(mps_proto::Delay::Text("30m".into())),
+            }),
+        ],
     };
     store
         .set_preferences("default", "p1", prefs.clone())

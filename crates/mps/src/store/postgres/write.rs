@@ -500,6 +500,29 @@ async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_p
         )
         .await?;
     }
+    if !m.own_steps.is_empty() {
+        let mut users = Vec::with_capacity(m.own_steps.len());
+        let mut channels = Vec::with_capacity(m.own_steps.len());
+        let mut dues = Vec::with_capacity(m.own_steps.len());
+        for (user, channel, due) in &m.own_steps {
+            users.push(user.as_str());
+            channels.push(channel.as_str());
+            dues.push(*due);
+        }
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO channel_steps (message_id, app, recipient, channel, status, due, updated)
+                 SELECT $1, $2, s.recipient, s.channel, 'scheduled', s.due, $3
+                 FROM unnest($4::text[], $5::text[], $6::int8[]) AS s(recipient, channel, due)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[&(m.id as i64), &m.app, &m.created, &users, &channels, &dues],
+        )
+        .await?;
+    }
     Ok(Written::Count(1))
 }
 
