@@ -385,3 +385,85 @@ async fn a_users_own_chain_applies_to_messages_without_channels() {
     );
     assert_eq!(relay.to("frank@example.com").len(), 1);
 }
+
+/// A fresh schema of the test database for the PostgreSQL store, or `None` (outside CI) when
+/// PostgreSQL is not there.
+async fn postgres_schema() -> Option<(String, String)> {
+    let base = std::env::var("MPS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let client = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            client
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PostgreSQL at {base} is needed under CI: {e}"
+            );
+            eprintln!("skipped: PostgreSQL at {base} unreachable ({e})");
+            return None;
+        }
+    };
+    let name = format!("mps_email_{}", unix_now_nanos());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {name}"))
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some((
+        name.clone(),
+        format!("{base}{separator}options=-c%20search_path%3D{name}"),
+    ))
+}
+
+fn unix_now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn the_chain_and_its_states_on_postgresql() {
+    let Some((schema, url)) = postgres_schema().await else {
+        return;
+    };
+    let (port, relay) = relay(&[]).await;
+    let server = Server::with_config(&config(port), &[("MPS_STORE__POSTGRES_URL", &url)]);
+    let api = server.api();
+    for user in ["hank", "ivy"] {
+        api.set_attributes(user, &[("email", &format!("{user}@example.com"))])
+            .await
+            .unwrap();
+    }
+    let sent = api
+        .send(&with_channels(
+            r#"{"text":"Invoice due"}"#,
+            &["hank", "ivy"],
+            vec![later("email", Delay::Seconds(2))],
+        ))
+        .await
+        .unwrap();
+    // hank acks over HTTP before the step's time.
+    let token = server.token("hank").await;
+    api.ack(&token, std::slice::from_ref(&sent.id))
+        .await
+        .unwrap();
+    wait_status(&server, &sent.id, "ivy", "email", ChannelStatus::Sent).await;
+    wait_status(&server, &sent.id, "hank", "email", ChannelStatus::Cancelled).await;
+    assert_eq!(
+        channel_status(&server, &sent.id, "hank", "live").await,
+        Some((ChannelStatus::Acked, None))
+    );
+    assert_eq!(relay.to("ivy@example.com").len(), 1);
+    assert!(relay.to("hank@example.com").is_empty());
+    drop(server);
+    let base = url.split('?').next().unwrap().to_owned();
+    if let Ok((client, connection)) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await;
+    }
+}
