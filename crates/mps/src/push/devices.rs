@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mps_proto::DeviceRegistration;
+use mps_proto::{ClientInfo, DeviceRegistration};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 
 use super::webpush::{Subscription, host_allowed};
@@ -31,6 +31,20 @@ pub struct PushModeRequest {
     /// A Web Push subscription object.
     pub subscription: Option<serde_json::Value>,
     pub components: Option<Vec<String>>,
+}
+
+impl From<ClientInfo> for PushModeRequest {
+    /// The push mode an open frame's `Client` asks for (the protocol's short connection).
+    fn from(client: ClientInfo) -> Self {
+        PushModeRequest {
+            way: client.way.unwrap_or_default(),
+            device: client.device,
+            agent: client.agent,
+            token: client.device_token,
+            subscription: client.subscription,
+            components: client.component_set,
+        }
+    }
 }
 
 /// Parses a way name; anything but `apns`, `fcm` and `webpush` is refused.

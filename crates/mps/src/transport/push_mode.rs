@@ -72,16 +72,8 @@ async fn change(state: &ServerState, frame: Frame) -> Result<Frame, Refusal> {
         ));
     }
     let store = state.engine.store().as_ref();
-    let way = client.way.unwrap_or_default();
     if frame.kind == kind::OPEN {
-        let request = PushModeRequest {
-            way,
-            device: client.device,
-            agent: client.agent,
-            token: client.device_token,
-            subscription: client.subscription,
-            components: client.component_set,
-        };
+        let request = PushModeRequest::from(client);
         let config = &state.config.push;
         let (device, _) = devices::open(store, config, &identity.app, &identity.user, request)
             .await
@@ -92,7 +84,7 @@ async fn change(state: &ServerState, frame: Frame) -> Result<Frame, Refusal> {
             ..Frame::reply(kind::OPEN_ACK, seq)
         })
     } else {
-        let way = parse_way(&way).map_err(refused)?;
+        let way = parse_way(client.way.as_deref().unwrap_or_default()).map_err(refused)?;
         let device = check_device_id(client.device.as_deref())
             .map_err(refused)?
             .to_owned();
