@@ -1,6 +1,6 @@
 //! Bodies of the HTTP API (`mps_proto::api`), parsed as the API parses them (JSON, unknown
 //! fields refused) and put through the checks their routes make before touching the store:
-//! names, topics, audiences, formats and their templates, device registrations, tags,
+//! names, topics, audiences, channel chains, formats and their templates, device registrations, tags,
 //! attributes, preferences and message ids. Nothing may panic, and a body that parses encodes
 //! and parses again.
 //!
@@ -80,6 +80,9 @@ fn send(message: SendMessage) {
     if let Some(topic) = &message.topic {
         let _ = mps::topic::check_topic(topic, limits);
     }
+    if let Some(channels) = &message.channels {
+        let _ = mps::channels::check_chain(channels, message.ttl.unwrap_or(3 * 24 * 3600));
+    }
     if let Some(audience) = &message.audience {
         let _ = Audience::parse(audience);
     }
@@ -139,8 +142,12 @@ fn preferences(request: PreferencesRequest) {
         return;
     };
     for now in [0, 1_700_000_000_000, -1, i64::MAX, i64::MIN] {
-        for way in Way::ALL {
-            let _ = preferences.mutes(Some("esbm"), way, now);
+        for channel in Way::ALL
+            .map(Way::as_str)
+            .into_iter()
+            .chain(["email", "webhook"])
+        {
+            let _ = preferences.mutes(Some("esbm"), channel, now);
         }
     }
 }
