@@ -9,7 +9,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use mps_proto::{ErrorBody, ErrorResponse};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa::{IntoResponses, Modify, OpenApi, ToResponse};
 
 /// Security scheme of back-end calls: `Authorization: Bearer ADMIN_KEY`.
 pub const ADMIN_KEY: &str = "admin_key";
@@ -122,6 +122,25 @@ pub struct UnsupportedMediaType(ErrorResponse);
 #[derive(ToResponse)]
 #[allow(dead_code)]
 pub struct Unavailable(ErrorResponse);
+
+/// The errors of a call that checks credentials and may read a body: the answers most
+/// operations share, listed once.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum CommonErrors {
+    #[response(status = 400)]
+    BadRequest(#[ref_response] BadRequest),
+    #[response(status = 401)]
+    Unauthorized(#[ref_response] Unauthorized),
+    #[response(status = 403)]
+    Forbidden(#[ref_response] Forbidden),
+    #[response(status = 413)]
+    TooLarge(#[ref_response] TooLarge),
+    #[response(status = 415)]
+    UnsupportedMediaType(#[ref_response] UnsupportedMediaType),
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
+}
 
 /// The document, rendered once.
 fn document() -> &'static str {

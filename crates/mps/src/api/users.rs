@@ -14,9 +14,7 @@ use mps_proto::{
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::openapi::{
-    BadRequest, Forbidden, TooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
-};
+use super::openapi::CommonErrors;
 use super::{Admin, ApiError, Body, Client, Params};
 use crate::audience;
 use crate::auth::DEFAULT_APP;
@@ -76,12 +74,7 @@ fn attributes_of(terms: Vec<String>) -> BTreeMap<String, String> {
     params(("user" = String, Path, description = "The user"), AppQuery),
     responses(
         (status = 200, description = "The user's tags, sorted", body = UserTags),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn get_tags(
@@ -112,12 +105,7 @@ pub async fn get_tags(
     request_body = TagsRequest,
     responses(
         (status = 200, description = "The stored tags", body = UserTags),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn put_tags(
@@ -151,12 +139,7 @@ pub async fn put_tags(
     params(("user" = String, Path, description = "The user"), AppQuery),
     responses(
         (status = 200, description = "The user's attributes", body = UserAttributes),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn get_attributes(
@@ -187,12 +170,7 @@ pub async fn get_attributes(
     request_body = AttributesRequest,
     responses(
         (status = 200, description = "The stored attributes", body = UserAttributes),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn put_attributes(
@@ -267,12 +245,7 @@ async fn write_preferences(
     params(("user" = String, Path, description = "The user"), AppQuery),
     responses(
         (status = 200, description = "The user's preferences", body = UserPreferences),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn get_preferences(
@@ -298,12 +271,7 @@ pub async fn get_preferences(
     request_body = PreferencesRequest,
     responses(
         (status = 200, description = "The stored preferences", body = UserPreferences),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn put_preferences(
@@ -325,12 +293,7 @@ pub async fn put_preferences(
     security(("client_token" = [])),
     responses(
         (status = 200, description = "The user's preferences", body = UserPreferences),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn get_my_preferences(
@@ -350,12 +313,7 @@ pub async fn get_my_preferences(
     request_body = PreferencesRequest,
     responses(
         (status = 200, description = "The stored preferences", body = UserPreferences),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn put_my_preferences(
