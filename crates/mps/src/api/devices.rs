@@ -11,9 +11,7 @@ use mps_proto::{DeviceRegistration, Page, RegisterDevice, Removed};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{
-    BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
-};
+use super::openapi::{BadRequest, CommonErrors, Forbidden, NotFound, Unauthorized, Unavailable};
 use super::{ApiError, Body, Params};
 use crate::auth::{DEFAULT_APP, Identity, bearer};
 use crate::engine::check_name;
@@ -107,12 +105,7 @@ impl Caller {
     responses(
         (status = 201, description = "Registered", body = DeviceRegistration),
         (status = 200, description = "Refreshed", body = DeviceRegistration),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 503, response = Unavailable),
+        CommonErrors,
     ),
 )]
 pub async fn register(
