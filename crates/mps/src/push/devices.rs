@@ -305,6 +305,11 @@ mod tests {
         }
     }
 
+    /// The code that refuses `request` from user `u` of the default app.
+    fn refusal(request: PushModeRequest) -> &'static str {
+        code(check_registration("default", "u", request, &[], 0))
+    }
+
     #[test]
     fn apns_tokens_are_hex_and_lower_cased() {
         let token = "AB".repeat(32);
@@ -328,17 +333,13 @@ mod tests {
             "abc".repeat(31),
             "ab".repeat(101),
         ] {
-            let result = check_registration(
-                "default",
-                "u",
-                PushModeRequest {
+            assert_eq!(
+                refusal(PushModeRequest {
                     token: Some(bad),
                     ..request("apns")
-                },
-                &[],
-                0,
+                }),
+                "invalid_device_token"
             );
-            assert_eq!(code(result), "invalid_device_token");
         }
     }
 
@@ -355,20 +356,16 @@ mod tests {
             "android"
         );
         for bad in ["", "has space", "é", &"x".repeat(MAX_TOKEN + 1)] {
-            let result = check_registration(
-                "default",
-                "u",
-                PushModeRequest {
+            assert_eq!(
+                refusal(PushModeRequest {
                     token: Some(bad.into()),
                     ..request("fcm")
-                },
-                &[],
-                0,
+                }),
+                "invalid_device_token",
+                "{bad:?}"
             );
-            assert_eq!(code(result), "invalid_device_token", "{bad:?}");
         }
-        let missing = check_registration("default", "u", request("fcm"), &[], 0);
-        assert_eq!(code(missing), "invalid_device_token");
+        assert_eq!(refusal(request("fcm")), "invalid_device_token");
     }
 
     #[test]
@@ -411,16 +408,10 @@ mod tests {
         let with = |f: &dyn Fn(&mut serde_json::Value)| {
             let mut s = browser.clone();
             f(&mut s);
-            code(check_registration(
-                "default",
-                "u",
-                PushModeRequest {
-                    subscription: Some(s),
-                    ..request("webpush")
-                },
-                &[],
-                0,
-            ))
+            refusal(PushModeRequest {
+                subscription: Some(s),
+                ..request("webpush")
+            })
         };
         assert_eq!(
             with(&|s| s["endpoint"] = "http://push.example.net/x".into()),
@@ -444,8 +435,7 @@ mod tests {
             }),
             "invalid_subscription"
         );
-        let none = check_registration("default", "u", request("webpush"), &[], 0);
-        assert_eq!(code(none), "invalid_subscription");
+        assert_eq!(refusal(request("webpush")), "invalid_subscription");
         // Only the app's push services, when it names them.
         let allowed = ["example.net".to_owned()];
         let on = |endpoint: &str| {
@@ -470,72 +460,42 @@ mod tests {
     fn way_device_agent_and_components_are_checked() {
         let token = || Some("t".to_owned());
         assert_eq!(
-            code(check_registration(
-                "default",
-                "u",
-                PushModeRequest {
-                    token: token(),
-                    ..request("sms")
-                },
-                &[],
-                0
-            )),
+            refusal(PushModeRequest {
+                token: token(),
+                ..request("sms")
+            }),
             "unsupported_way"
         );
         assert_eq!(
-            code(check_registration(
-                "default",
-                "u",
-                PushModeRequest {
-                    token: token(),
-                    device: None,
-                    ..request("fcm")
-                },
-                &[],
-                0
-            )),
+            refusal(PushModeRequest {
+                token: token(),
+                device: None,
+                ..request("fcm")
+            }),
             "invalid_device"
         );
         assert_eq!(
-            code(check_registration(
-                "default",
-                "u",
-                PushModeRequest {
-                    token: token(),
-                    components: Some(vec!["".into()]),
-                    ..request("fcm")
-                },
-                &[],
-                0
-            )),
+            refusal(PushModeRequest {
+                token: token(),
+                components: Some(vec!["".into()]),
+                ..request("fcm")
+            }),
             "invalid_device"
         );
         assert_eq!(
-            code(check_registration(
-                "default",
-                "u",
-                PushModeRequest {
-                    token: token(),
-                    agent: Some("a\nb".into()),
-                    ..request("fcm")
-                },
-                &[],
-                0
-            )),
+            refusal(PushModeRequest {
+                token: token(),
+                agent: Some("a\nb".into()),
+                ..request("fcm")
+            }),
             "invalid_device"
         );
         assert_eq!(
-            code(check_registration(
-                "default",
-                "u",
-                PushModeRequest {
-                    token: token(),
-                    subscription: Some(serde_json::json!({})),
-                    ..request("fcm")
-                },
-                &[],
-                0
-            )),
+            refusal(PushModeRequest {
+                token: token(),
+                subscription: Some(serde_json::json!({})),
+                ..request("fcm")
+            }),
             "invalid_device_token"
         );
     }
