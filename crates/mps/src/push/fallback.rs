@@ -401,6 +401,19 @@ mod tests {
         }
     }
 
+    /// A worker that pushes through `vendors` for the default app, with `hub` as presence.
+    fn worker(store: &Arc<dyn Store>, hub: &Arc<Hub>, vendors: &[Arc<FakeVendor>]) -> Worker {
+        let mut pushers = Pushers::default();
+        for vendor in vendors {
+            pushers.insert("default", vendor.clone());
+        }
+        Worker {
+            store: store.clone(),
+            presence: Arc::new(LocalPresence::new(hub.clone())),
+            pushers: Arc::new(pushers),
+        }
+    }
+
     async fn message(store: &dyn Store, id: u64, recipients: &[&str]) {
         store
             .insert(NewMessage {
@@ -440,14 +453,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
         let hub = Arc::new(Hub::new("n", 0, 8));
         let (apns, fcm) = (vendor(Way::Apns, &[]), vendor(Way::Fcm, &[]));
-        let mut pushers = Pushers::default();
-        pushers.insert("default", apns.clone());
-        pushers.insert("default", fcm.clone());
-        let worker = Worker {
-            store: store.clone(),
-            presence: Arc::new(LocalPresence::new(hub.clone())),
-            pushers: Arc::new(pushers),
-        };
+        let worker = worker(&store, &hub, &[apns.clone(), fcm.clone()]);
         for d in [
             device("m1", "phone", Way::Apns, "a1", "ios"),
             device("m2", "phone", Way::Apns, "a2", "ios"),
@@ -511,14 +517,7 @@ mod tests {
                 },
             )],
         );
-        let mut pushers = Pushers::default();
-        pushers.insert("default", apns.clone());
-        pushers.insert("default", fcm.clone());
-        let worker = Worker {
-            store: store.clone(),
-            presence: Arc::new(LocalPresence::new(hub.clone())),
-            pushers: Arc::new(pushers),
-        };
+        let worker = worker(&store, &hub, &[apns.clone(), fcm.clone()]);
         for d in [
             device("u1", "phone", Way::Apns, "aa", "ios"),
             device("u1", "tablet", Way::Fcm, "gone", "android"),
