@@ -3,7 +3,7 @@
 //! node's hub; [`redis::RedisBroker`] carries them to every node's hub over Redis pub/sub.
 
 pub mod redis;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 
