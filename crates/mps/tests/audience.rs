@@ -8,22 +8,7 @@
 mod common;
 
 use common::*;
-use mps_client::PushClient;
 use mps_client::proto::{DeliveryClass, SendMessage};
-
-async fn marker(server: &Server, name: &str) -> String {
-    let result = server
-        .api()
-        .send(&message(&format!(r#"{{"marker":"{name}"}}"#), None))
-        .await
-        .unwrap();
-    assert_eq!(result.class, DeliveryClass::Broadcast);
-    result.id
-}
-
-async fn next_id(client: &mut PushClient) -> String {
-    client.next_push(WAIT).await.unwrap().id
-}
 
 fn to_audience(content: &str, audience: &str) -> SendMessage {
     SendMessage {

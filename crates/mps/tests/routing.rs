@@ -11,22 +11,6 @@ use mps_client::PushClient;
 use mps_client::proto::{DeliveryClass, SendMessage};
 use serde_json::Value;
 
-/// Sends a broadcast marker; returns its id.
-async fn marker(server: &Server, name: &str) -> String {
-    let result = server
-        .api()
-        .send(&message(&format!(r#"{{"marker":"{name}"}}"#), None))
-        .await
-        .unwrap();
-    assert_eq!(result.class, DeliveryClass::Broadcast);
-    result.id
-}
-
-/// The id of the next push of `client`.
-async fn next_id(client: &mut PushClient) -> String {
-    client.next_push(WAIT).await.unwrap().id
-}
-
 fn component_message(content: &str, component: &str) -> SendMessage {
     SendMessage {
         component: Some(component.into()),

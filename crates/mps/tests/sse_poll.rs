@@ -7,20 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mps_client::proto::{DeliveryClass, SendMessage, Status, frame::kind};
+use mps_client::proto::{SendMessage, Status, frame::kind};
 use mps_client::{Sse, SseBlock};
 use serde_json::Value;
-
-/// Sends a broadcast marker; returns its id.
-async fn marker(server: &Server, name: &str) -> String {
-    let sent = server
-        .api()
-        .send(&message(&format!(r#"{{"marker":"{name}"}}"#), None))
-        .await
-        .unwrap();
-    assert_eq!(sent.class, DeliveryClass::Broadcast);
-    sent.id
-}
 
 /// The next event of `sse`, checked to be a push whose `id:` is the message id.
 async fn next_push_event(sse: &mut Sse) -> (String, Value) {

@@ -12,21 +12,6 @@ use mps_client::PushClient;
 use mps_client::proto::{DeliveryClass, Frame, frame::kind};
 use serde_json::Value;
 
-/// Sends a broadcast marker; returns its id.
-async fn marker(server: &Server, name: &str) -> String {
-    let sent = server
-        .api()
-        .send(&message(&format!(r#"{{"marker":"{name}"}}"#), None))
-        .await
-        .unwrap();
-    assert_eq!(sent.class, DeliveryClass::Broadcast);
-    sent.id
-}
-
-async fn next_id(client: &mut PushClient) -> String {
-    client.next_push(WAIT).await.unwrap().id
-}
-
 /// Reads pushes up to and including the marker `mark`; returns the ids before it.
 async fn ids_until(client: &mut PushClient, mark: &str) -> Vec<String> {
     let mut ids = Vec::new();

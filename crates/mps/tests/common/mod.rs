@@ -581,6 +581,23 @@ pub fn signed_token(secret: &str, user: &str, exp: i64) -> String {
     .expect("sign token")
 }
 
+/// Sends a broadcast marker; returns its id. A connection that skipped the message before it
+/// sees the marker as its next push, so "did not get it" needs no sleep.
+pub async fn marker(server: &Server, name: &str) -> String {
+    let result = server
+        .api()
+        .send(&message(&format!(r#"{{"marker":"{name}"}}"#), None))
+        .await
+        .unwrap();
+    assert_eq!(result.class, mps_client::proto::DeliveryClass::Broadcast);
+    result.id
+}
+
+/// The id of the next push of `client`.
+pub async fn next_id(client: &mut PushClient) -> String {
+    client.next_push(WAIT).await.unwrap().id
+}
+
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
