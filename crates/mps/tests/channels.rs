@@ -11,9 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
-use hmac::{Hmac, Mac};
 use mps_client::proto::SendMessage;
-use sha2::Sha256;
 
 const SECRET: &str = "channel-test-secret";
 
@@ -33,33 +31,14 @@ struct Shared {
 }
 
 async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    let timestamp = header("x-mps-timestamp");
-    let signature = header("x-mps-signature");
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(&body);
-    let signed = signature
-        .strip_prefix("sha256=")
-        .and_then(|hex| hex::decode(hex).ok())
-        .is_some_and(|sig| mac.verify_slice(&sig).is_ok());
-    let fresh = timestamp
-        .parse::<i64>()
-        .is_ok_and(|t| (unix_now() - t).abs() <= 300);
-    if !signed || !fresh || header("content-type") != "application/json" {
+    if !signed_request(SECRET, &headers, &body) {
+        let signature = header(&headers, "x-mps-signature");
         shared.forged.lock().unwrap().push(signature);
         return StatusCode::UNAUTHORIZED;
     }
     let answered = shared.script.lock().unwrap().pop_front().unwrap_or(200);
     shared.seen.lock().unwrap().push(Seen {
-        delivery: header("x-mps-delivery"),
+        delivery: header(&headers, "x-mps-delivery"),
         body: serde_json::from_slice(&body).expect("JSON body"),
         answered,
     });

@@ -598,6 +598,35 @@ pub async fn next_id(client: &mut PushClient) -> String {
     client.next_push(WAIT).await.unwrap().id
 }
 
+/// A header of a request to a receiver in the test, empty when absent.
+pub fn header(headers: &axum::http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Checks a channel or webhook request the way docs/webhooks.md tells back ends to: a JSON body
+/// signed with `secret` over `timestamp.body`, at most five minutes old.
+pub fn signed_request(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let timestamp = header(headers, "x-mps-timestamp");
+    let signature = header(headers, "x-mps-signature");
+    let fresh = timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| (unix_now() - t).abs() <= 300);
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let signed = signature
+        .strip_prefix("sha256=")
+        .and_then(|hex| hex::decode(hex).ok())
+        .is_some_and(|sig| mac.verify_slice(&sig).is_ok());
+    fresh && signed && header(headers, "content-type") == "application/json"
+}
+
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
