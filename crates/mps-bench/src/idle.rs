@@ -31,6 +31,12 @@ pub struct IdleArgs {
     /// Seconds to hold all connections before reading the server's memory.
     #[arg(long, default_value_t = 3.0)]
     pub hold: f64,
+    /// After the hold, at most this many more seconds to wait for the server's memory to
+    /// settle (to change by less than 1% in a second): an allocator gives the pages of the
+    /// handshakes' transient buffers back gradually, and the figure sought is what the idle
+    /// connections keep. 0 reads it right after the hold.
+    #[arg(long, default_value_t = 30.0)]
+    pub settle: f64,
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     pub transport: Transport,
     /// mps: the component each connection subscribes to.
@@ -101,7 +107,21 @@ pub async fn run(ctx: Arc<Ctx>, args: IdleArgs) -> anyhow::Result<Report> {
     };
     let connect_s = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
-    let at_connected = sample(pids)?;
+    let held_at = Instant::now();
+    let mut at_connected = sample(pids)?;
+    while held_at.elapsed().as_secs_f64() < args.settle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sample(pids)?;
+        let settled = match (&at_connected, &now) {
+            (Some(then), Some(now)) => now.rss_kib.abs_diff(then.rss_kib) * 100 < then.rss_kib,
+            _ => true,
+        };
+        at_connected = now;
+        if settled {
+            break;
+        }
+    }
+    let settle_s = held_at.elapsed().as_secs_f64();
     let still_open = match &held {
         Held::Tasks(tally, _) => connected - tally.ended.load(Ordering::Relaxed),
         Held::Children(_) => connected,
@@ -121,6 +141,7 @@ pub async fn run(ctx: Arc<Ctx>, args: IdleArgs) -> anyhow::Result<Report> {
         .int("open_at_measurement", still_open as u64, "")
         .num("connect_s", connect_s, "s")
         .num("connects_per_s", connected as f64 / connect_s, "/s")
+        .num("settle_s", settle_s, "s")
         .server(before, at_connected, after, None, 0, "connection");
     if let (Some(before), Some(connected_sample)) = (before, at_connected)
         && connected > 0

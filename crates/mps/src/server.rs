@@ -239,6 +239,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config,
     });
     tokio::spawn(sweep(state.clone()));
+    tokio::spawn(hub.clone().heartbeats(Duration::from_secs(
+        state.config.connection.heartbeat.max(1),
+    )));
 
     if state.config.connection.conformance_echo {
         tracing::warn!("connection.conformance_echo is on: /conformance/echo echoes anyone");

@@ -389,6 +389,34 @@ impl Totals {
     }
 }
 
+/// Sets `mps_allocator_bytes` from the allocator's own statistics, as of now: what the
+/// process's heap holds live, in pages it uses, resident, and for the allocator's bookkeeping.
+/// The gap between `allocated` and `resident` is fragmentation and pages not yet returned.
+#[cfg(not(target_env = "msvc"))]
+pub fn allocator_gauges() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The statistics are a snapshot taken when the epoch advances.
+    if epoch::advance().is_err() {
+        return;
+    }
+    type Read = fn() -> tikv_jemalloc_ctl::Result<usize>;
+    let kinds: [(&'static str, Read); 5] = [
+        ("allocated", stats::allocated::read),
+        ("active", stats::active::read),
+        ("resident", stats::resident::read),
+        ("metadata", stats::metadata::read),
+        ("retained", stats::retained::read),
+    ];
+    for (kind, read) in kinds {
+        if let Ok(bytes) = read() {
+            metrics::gauge!("mps_allocator_bytes", "kind" => kind).set(bytes as f64);
+        }
+    }
+}
+
+#[cfg(target_env = "msvc")]
+pub fn allocator_gauges() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

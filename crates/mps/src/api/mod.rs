@@ -186,6 +186,7 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
 )]
 async fn metrics(State(state): State<Arc<ServerState>>) -> String {
     metrics::gauge!("mps_sockets_open").set(state.admission.connections() as f64);
+    crate::telemetry::allocator_gauges();
     state.metrics.render()
 }
 

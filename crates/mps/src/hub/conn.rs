@@ -1,6 +1,7 @@
 //! One live connection as the hub sees it: identity, subscriptions and a bounded outbound queue.
 //! The queue is a `VecDeque` behind a mutex plus a `Notify`: an idle connection holds no queue
-//! memory, and a push never waits.
+//! memory, and a push never waits. The same wake-up carries heartbeats (see [`Conn::beat`]) and
+//! close requests, so a connection's task waits on one thing while idle.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -58,6 +59,17 @@ pub enum CloseReason {
 struct Outbox {
     queue: VecDeque<Outbound>,
     closing: Option<CloseReason>,
+    /// A heartbeat is due: the session pings its peer and checks it was heard from lately.
+    beat: bool,
+}
+
+/// What a wake-up found besides the frames: see [`Conn::drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// A close was asked for.
+    pub closing: Option<CloseReason>,
+    /// A heartbeat is due.
+    pub beat: bool,
 }
 
 pub struct Conn {
@@ -65,10 +77,9 @@ pub struct Conn {
     pub info: ConnInfo,
     subscriptions: Mutex<Subscriptions>,
     outbox: Mutex<Outbox>,
+    /// Wakes the connection's task: frames were queued, a close was asked for or a heartbeat is
+    /// due. The task is its only waiter.
     wake: Notify,
-    /// Woken (all waiters) when a close is asked for, so that a write stuck on a peer that
-    /// stopped reading can be abandoned.
-    close_asked: Notify,
     capacity: usize,
 }
 
@@ -86,9 +97,9 @@ impl Conn {
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
                 closing: None,
+                beat: false,
             }),
             wake: Notify::new(),
-            close_asked: Notify::new(),
             capacity,
         }
     }
@@ -129,7 +140,6 @@ impl Conn {
             metrics::counter!("mps_slow_consumer_disconnects_total").increment(1);
             crate::limits::rejected(crate::limits::Limit::OutboundQueue);
             self.wake.notify_one();
-            self.close_asked.notify_waiters();
             return false;
         }
         let was_empty = outbox.queue.is_empty();
@@ -149,37 +159,65 @@ impl Conn {
         }
         drop(outbox);
         self.wake.notify_one();
-        self.close_asked.notify_waiters();
+    }
+
+    /// Marks a heartbeat due and wakes the connection's task. The node's heartbeat task calls
+    /// this for every connection once per heartbeat period: one timer for the node instead of
+    /// one per connection, which an idle connection would otherwise carry for its whole life.
+    pub fn beat(&self) {
+        let mut outbox = self.outbox.lock();
+        if outbox.closing.is_some() || outbox.beat {
+            return;
+        }
+        outbox.beat = true;
+        drop(outbox);
+        self.wake.notify_one();
     }
 
     pub fn closing(&self) -> Option<CloseReason> {
         self.outbox.lock().closing
     }
 
-    /// Waits until a close is asked for; at once when it already was.
+    /// Waits until a close is asked for; at once when it already was. For a task that is busy
+    /// writing (and so not in [`Conn::wait`]): the wake-ups it takes for queued frames or a
+    /// heartbeat are given back when it is done, so the task's next wait sees them.
     pub async fn close_asked(&self) -> CloseReason {
+        /// Wakes the task again on drop if a wake-up was taken meanwhile.
+        struct GiveBack<'a>(&'a Notify, bool);
+        impl Drop for GiveBack<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.notify_one();
+                }
+            }
+        }
+        let mut taken = GiveBack(&self.wake, false);
         loop {
-            // Registered before the check, so a close asked for in between is not missed.
-            let asked = self.close_asked.notified();
+            // A close asked for after this check stores a wake-up, which the wait takes at once.
             if let Some(reason) = self.closing() {
                 return reason;
             }
-            asked.await;
+            self.wake.notified().await;
+            taken.1 = true;
         }
     }
 
-    /// Waits until something was queued or a close was asked for.
+    /// Waits until something was queued, a close was asked for or a heartbeat is due.
     pub async fn wait(&self) {
         self.wake.notified().await
     }
 
-    /// Moves every queued frame into `into`; returns the close reason if one was set.
-    pub fn drain(&self, into: &mut Vec<Outbound>) -> Option<CloseReason> {
+    /// Moves every queued frame into `into`; says whether a close was asked for and takes a
+    /// due heartbeat.
+    pub fn drain(&self, into: &mut Vec<Outbound>) -> Drained {
         let mut outbox = self.outbox.lock();
         into.extend(outbox.queue.drain(..));
         if outbox.queue.capacity() > 64 {
             outbox.queue.shrink_to(16);
         }
-        outbox.closing
+        Drained {
+            closing: outbox.closing,
+            beat: std::mem::take(&mut outbox.beat),
+        }
     }
 }

@@ -12,12 +12,14 @@ mod conn;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use smallvec::SmallVec;
 use tokio::sync::mpsc::UnboundedSender;
 
-pub use conn::{CloseReason, Conn, ConnInfo, Outbound, Subscriptions};
+pub use conn::{CloseReason, Conn, ConnInfo, Drained, Outbound, Subscriptions};
 
 /// Who a live message is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,8 +121,8 @@ type ConnSet = HashMap<u64, Arc<Conn>>;
 
 #[derive(Default)]
 struct AppConns {
-    all: ConnSet,
-    users: HashMap<Arc<str>, Vec<Arc<Conn>>>,
+    /// Most users have one connection, held inline (no allocation of its own).
+    users: HashMap<Arc<str>, SmallVec<[Arc<Conn>; 1]>>,
     components: HashMap<Box<str>, ConnSet>,
     /// Keyed by pattern; publishing matches each distinct pattern once.
     topics: HashMap<Box<str>, ConnSet>,
@@ -242,8 +244,7 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(id, info, self.queue, subscriptions.clone()));
         let app = registry.apps.entry(conn.info.app.clone()).or_default();
-        let first_of_app = app.all.is_empty();
-        app.all.insert(id, conn.clone());
+        let first_of_app = app.users.is_empty();
         let user = app.users.entry(conn.info.user.clone()).or_default();
         let first_of_user = user.is_empty();
         user.push(conn.clone());
@@ -269,7 +270,6 @@ impl Hub {
         };
         let (mut last_of_user, mut last_of_app) = (false, false);
         if let Some(app) = registry.apps.get_mut(&conn.info.app) {
-            app.all.remove(&conn.id);
             if let Some(list) = app.users.get_mut(&conn.info.user) {
                 list.retain(|c| c.id != conn.id);
                 if list.is_empty() {
@@ -278,7 +278,7 @@ impl Hub {
                 }
             }
             app.unindex(conn.id, &conn.subscriptions());
-            if app.all.is_empty() {
+            if app.users.is_empty() {
                 registry.apps.remove(&conn.info.app);
                 last_of_app = true;
             }
@@ -292,6 +292,27 @@ impl Hub {
                 last_of_user,
                 last_of_app,
             });
+        }
+    }
+
+    /// Runs the node's heartbeats: every connection that holds a session (not long polls) is
+    /// woken for a heartbeat once per `period` (see [`Conn::beat`]). The connections are spread
+    /// over the period by id, a slice each second, so a node's pings do not all go out at once.
+    pub async fn heartbeats(self: Arc<Self>, period: Duration) {
+        let slices = period.as_secs().max(1);
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut slice = 0;
+        loop {
+            second.tick().await;
+            let registry = self.registry.read();
+            for conn in registry.by_id.values() {
+                if conn.id % slices == slice && conn.info.transport != "poll" {
+                    conn.beat();
+                }
+            }
+            drop(registry);
+            slice = (slice + 1) % slices;
         }
     }
 
@@ -373,7 +394,7 @@ impl Hub {
                     }
                 }
             }
-            Target::All => app.all.values().for_each(&mut offer),
+            Target::All => app.users.values().flatten().for_each(&mut offer),
         }
         metrics::counter!("mps_deliveries_queued_total").increment(queued as u64);
         queued

@@ -20,29 +20,41 @@ enum Stage {
     Done,
 }
 
-pub struct CatchUp {
+/// The catch-up of one connection. Its state is boxed and dropped once the catch-up is over and
+/// nothing sent needs remembering, so that the idle connections a node holds by the ten thousand
+/// carry one pointer for it.
+pub struct CatchUp(Option<Box<State>>);
+
+struct State {
     stage: Stage,
     last_id: u64,
     sent: HashSet<u64>,
     forget_at: Option<Instant>,
     /// Patterns whose history was cut, for transports that report it out of band.
-    pub truncated: Vec<String>,
+    truncated: Vec<String>,
 }
 
 impl CatchUp {
     /// `last_id` 0 means the client is not resuming topics.
     pub fn new(last_id: u64) -> Self {
-        CatchUp {
+        CatchUp(Some(Box::new(State {
             stage: Stage::Topics,
             last_id,
             sent: HashSet::new(),
             forget_at: None,
             truncated: Vec::new(),
-        }
+        })))
     }
 
     pub fn done(&self) -> bool {
-        matches!(self.stage, Stage::Done)
+        self.0
+            .as_ref()
+            .is_none_or(|state| matches!(state.stage, Stage::Done))
+    }
+
+    /// Patterns whose history was cut (the reset frame carries them too).
+    pub fn truncated(&self) -> &[String] {
+        self.0.as_ref().map_or(&[], |state| &state.truncated)
     }
 
     /// The next frames to send, empty once caught up.
@@ -51,26 +63,29 @@ impl CatchUp {
         engine: &Engine,
         conn: &Conn,
     ) -> Result<Vec<Outbound>, EngineError> {
+        let Some(state) = self.0.as_mut() else {
+            return Ok(Vec::new());
+        };
         let info = &conn.info;
         let mut out = Vec::new();
-        match self.stage {
+        match state.stage {
             Stage::Topics => {
                 let topics = conn.subscriptions().topics;
-                let replay = engine.replay(&info.app, &topics, self.last_id).await?;
+                let replay = engine.replay(&info.app, &topics, state.last_id).await?;
                 if !replay.truncated.is_empty() {
                     out.push(Outbound {
                         frame: encode(&reset_frame(replay.truncated.clone())),
                         id: 0,
                         directed: false,
                     });
-                    self.truncated = replay.truncated;
+                    state.truncated = replay.truncated;
                 }
                 out.extend(replay.entries.into_iter().map(|e| Outbound {
                     frame: e.frame,
                     id: e.id,
                     directed: false,
                 }));
-                self.stage = Stage::Directed { after: 0 };
+                state.stage = Stage::Directed { after: 0 };
             }
             Stage::Directed { after } => {
                 let page = engine
@@ -83,29 +98,45 @@ impl CatchUp {
                     id,
                     directed: true,
                 }));
-                self.stage = if full {
+                state.stage = if full {
                     Stage::Directed { after: last }
                 } else {
-                    self.forget_at = Some(Instant::now() + REMEMBER);
+                    state.forget_at = Some(Instant::now() + REMEMBER);
                     Stage::Done
                 };
             }
             Stage::Done => {}
         }
-        self.sent.extend(out.iter().map(|o| o.id));
+        state.sent.extend(out.iter().map(|o| o.id));
+        if matches!(state.stage, Stage::Done) && state.sent.is_empty() && state.truncated.is_empty()
+        {
+            self.0 = None;
+        }
         Ok(out)
     }
 
     /// Whether a live frame repeats one already sent from the store.
     pub fn is_repeat(&mut self, id: u64) -> bool {
-        if self.sent.is_empty() {
+        let Some(state) = self.0.as_ref() else {
+            return false;
+        };
+        if state.forget_at.is_some_and(|at| Instant::now() > at) {
+            self.0 = None;
             return false;
         }
-        if self.forget_at.is_some_and(|at| Instant::now() > at) {
-            self.sent = HashSet::new();
-            return false;
+        state.sent.contains(&id)
+    }
+
+    /// Drops what is remembered once it is no longer needed; for a connection's idle moments.
+    pub fn tidy(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .and_then(|state| state.forget_at)
+            .is_some_and(|at| Instant::now() > at)
+        {
+            self.0 = None;
         }
-        self.sent.contains(&id)
     }
 }
 

@@ -82,7 +82,7 @@ pub async fn poll(
     // A cut history is news too: the client must reload, so it is told at once. Messages at or
     // below `since` are the resume overlap (mostly repeats), not a reason to answer early.
     let news = owed.iter().any(|o| o.directed || o.id > login.last_id);
-    if !news && catchup.truncated.is_empty() && wait > 0 {
+    if !news && catchup.truncated().is_empty() && wait > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(wait), conn.wait()).await;
     }
     let mut live = Vec::new();
@@ -107,8 +107,8 @@ pub async fn poll(
     }
     let messages: Vec<PushedMessage> = owed.iter().filter_map(message_of).collect();
     let mut response = Json(messages).into_response();
-    if !catchup.truncated.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&catchup.truncated.join(","))
+    if !catchup.truncated().is_empty()
+        && let Ok(value) = HeaderValue::from_str(&catchup.truncated().join(","))
     {
         response.headers_mut().insert("mps-reset", value);
     }

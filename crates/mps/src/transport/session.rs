@@ -40,7 +40,9 @@ pub fn failure_close(failure: Failure) -> (u16, &'static str, &'static str) {
 /// the open phase and their copies of the socket) ends here instead of staying around it for
 /// the connection's life, which halves the memory of an idle connection.
 pub fn spawn(state: Arc<ServerState>, socket: Socket, registration: Registration, last_id: u64) {
-    tokio::spawn(run(state, socket, registration, last_id));
+    let session = run(state, socket, registration, last_id);
+    tracing::trace!(bytes = std::mem::size_of_val(&session), "session task");
+    tokio::spawn(session);
 }
 
 /// Runs the session until it ends; the connection leaves the hub with the registration.
@@ -98,43 +100,31 @@ impl Session<'_> {
             Ok(Err(reason)) => return reason,
             // The close is handled below, on the wake-up that came with it.
             Err(Stall::CloseAsked) => {}
-            Err(Stall::Timeout) => return write_timeout(socket).await,
+            Err(Stall::Timeout) => return Box::pin(write_timeout(socket)).await,
         }
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat.max(1)));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.reset();
         let mut batch = Vec::new();
         loop {
             tokio::select! {
                 _ = conn.wait() => {
-                    let closing = conn.drain(&mut batch);
-                    let written = {
-                        let write = std::pin::pin!(self.write(socket, &mut batch, true));
-                        unless_stalled(conn, timeout, write).await
-                    };
-                    match written {
-                        Ok(true) => {}
-                        Ok(false) => return "write_failed",
-                        // Unwritten directed messages stay pending in the store.
-                        Err(Stall::CloseAsked) => batch.clear(),
-                        Err(Stall::Timeout) => return write_timeout(socket).await,
-                    }
-                    if let Some(reason) = closing.or_else(|| conn.closing()) {
-                        let (code, text, label) = match reason {
-                            CloseReason::SlowConsumer => (close::SLOW_CONSUMER, "outbound queue overflow: reconnect to resume", "slow_consumer"),
-                            CloseReason::Kicked => (close::KICKED, "disconnected by operator", "kicked"),
-                            CloseReason::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
+                    let drained = conn.drain(&mut batch);
+                    if !batch.is_empty() {
+                        let written = {
+                            let write = std::pin::pin!(self.write(socket, &mut batch, true));
+                            unless_stalled(conn, timeout, write).await
                         };
-                        if reason == CloseReason::SlowConsumer {
-                            // Out of the hub at once. The close frame waits behind what the
-                            // peer has not read yet: it gets it if it reads again within the
-                            // time a silent peer is given, and knows it was too slow.
-                            self.state.hub.unregister(conn);
-                            socket.close_within(code, text, timeout).await;
-                        } else {
-                            socket.close(code, text).await;
+                        match written {
+                            Ok(true) => {}
+                            Ok(false) => return "write_failed",
+                            // Unwritten directed messages stay pending in the store.
+                            Err(Stall::CloseAsked) => batch.clear(),
+                            Err(Stall::Timeout) => return Box::pin(write_timeout(socket)).await,
                         }
-                        return label;
+                    }
+                    if let Some(reason) = drained.closing.or_else(|| conn.closing()) {
+                        return Box::pin(self.close_for(socket, reason, timeout)).await;
+                    }
+                    if drained.beat && let Some(reason) = Box::pin(self.heartbeat(socket, timeout)).await {
+                        return reason;
                     }
                 }
                 inbound = socket.recv() => {
@@ -150,8 +140,12 @@ impl Session<'_> {
                             }
                         }
                         Inbound::Binary(_) => {
-                            let reply = Frame::error(kind::ERROR, None, "binary_not_supported", "frames are JSON text");
-                            if let Some(reason) = Box::pin(self.reject(socket, "binary", reply)).await {
+                            let reply = Box::pin(self.reject(
+                                socket,
+                                "binary",
+                                Frame::error(kind::ERROR, None, "binary_not_supported", "frames are JSON text"),
+                            ));
+                            if let Some(reason) = reply.await {
                                 return reason;
                             }
                         }
@@ -160,29 +154,61 @@ impl Session<'_> {
                         Inbound::Failed(failure) => {
                             let (code, text, label) = failure_close(failure);
                             count_bad_input(label);
-                            socket.close(code, text).await;
+                            Box::pin(socket.close(code, text)).await;
                             return label;
                         }
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if self.last_seen.elapsed() > timeout {
-                        metrics::counter!("mps_heartbeat_timeouts_total").increment(1);
-                        socket.close(close::TIMEOUT, "heartbeat timeout").await;
-                        return "heartbeat_timeout";
-                    }
-                    let pinged = {
-                        let mut ping = Box::pin(socket.ping());
-                        unless_stalled(conn, timeout, ping.as_mut()).await
-                    };
-                    match pinged {
-                        Ok(true) => {}
-                        Ok(false) => return "write_failed",
-                        Err(Stall::CloseAsked) => {}
-                        Err(Stall::Timeout) => return write_timeout(socket).await,
-                    }
-                }
             }
+        }
+    }
+
+    /// Closes the connection as asked (`Conn::close`, or its queue overflowed); returns the
+    /// reason label.
+    async fn close_for(
+        &self,
+        socket: &mut Socket,
+        reason: CloseReason,
+        timeout: Duration,
+    ) -> &'static str {
+        let (code, text, label) = match reason {
+            CloseReason::SlowConsumer => (
+                close::SLOW_CONSUMER,
+                "outbound queue overflow: reconnect to resume",
+                "slow_consumer",
+            ),
+            CloseReason::Kicked => (close::KICKED, "disconnected by operator", "kicked"),
+            CloseReason::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
+        };
+        if reason == CloseReason::SlowConsumer {
+            // Out of the hub at once. The close frame waits behind what the peer has not read
+            // yet: it gets it if it reads again within the time a silent peer is given, and
+            // knows it was too slow.
+            self.state.hub.unregister(self.conn);
+            socket.close_within(code, text, timeout).await;
+        } else {
+            socket.close(code, text).await;
+        }
+        label
+    }
+
+    /// A heartbeat: closes a peer not heard from for the connection timeout, else pings it.
+    /// Returns a reason when the session must end.
+    async fn heartbeat(&mut self, socket: &mut Socket, timeout: Duration) -> Option<&'static str> {
+        self.catchup.tidy();
+        if self.last_seen.elapsed() > timeout {
+            metrics::counter!("mps_heartbeat_timeouts_total").increment(1);
+            socket.close(close::TIMEOUT, "heartbeat timeout").await;
+            return Some("heartbeat_timeout");
+        }
+        let pinged = {
+            let ping = std::pin::pin!(socket.ping());
+            unless_stalled(self.conn, timeout, ping).await
+        };
+        match pinged {
+            Ok(true) | Err(Stall::CloseAsked) => None,
+            Ok(false) => Some("write_failed"),
+            Err(Stall::Timeout) => Some(write_timeout(socket).await),
         }
     }
 
@@ -211,18 +237,25 @@ impl Session<'_> {
         if live {
             batch.retain(|out| !catchup.is_repeat(out.id));
         }
-        let directed: Vec<u64> = batch.iter().filter(|o| o.directed).map(|o| o.id).collect();
-        let written = batch.len() as u64;
-        if !socket.write_all(batch.drain(..).map(|out| out.frame)).await {
+        // The frames are taken out as they are written; ids and kinds stay for the record.
+        if !socket
+            .write_all(batch.iter_mut().map(|out| &mut out.frame))
+            .await
+        {
+            batch.clear();
             return false;
         }
-        crate::telemetry::hot().frames_sent.increment(written);
-        if !directed.is_empty() {
+        crate::telemetry::hot()
+            .frames_sent
+            .increment(batch.len() as u64);
+        if batch.iter().any(|o| o.directed) {
+            let directed = batch.iter().filter(|o| o.directed).map(|o| o.id).collect();
             let info = &self.conn.info;
             self.state
                 .engine
                 .delivered(info.app.clone(), info.user.clone(), directed);
         }
+        batch.clear();
         true
     }
 

@@ -31,6 +31,11 @@ pub enum Failure {
 /// Applies the per-connection limits and buffer sizes to an upgrade.
 pub fn configure(upgrade: WebSocketUpgrade, limits: &ConnectionConfig) -> WebSocketUpgrade {
     upgrade
+        // The read buffer lives as long as the connection. The library reserves a frame's whole
+        // length on top of what it has buffered and keeps that capacity, so a small read size
+        // keeps the buffer near the size of the largest frame read (the open frame, with its
+        // token: about 300 bytes), where 256 made it 640. Client frames are few and small; one
+        // above 64 bytes takes several reads.
         .read_buffer_size(256)
         // Frames fed in one batch go out in one write (up to this many bytes), not one each.
         .write_buffer_size(8 * 1024)
@@ -61,20 +66,41 @@ impl Socket {
     }
 
     /// Next event from the client. Cancel-safe.
-    pub async fn recv(&mut self) -> Inbound {
-        match self.inner.recv().await {
-            None => Inbound::Closed,
-            Some(Ok(Message::Close(_))) => {
-                // The library has queued the close reply; send it now, since the caller drops
-                // the socket next.
-                let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.flush()).await;
-                Inbound::Closed
+    ///
+    /// Written as one `poll_fn` holding a pointer and one boxed timer only while a close is
+    /// answered: an idle session's task waits in this future, so its size is every idle
+    /// connection's.
+    pub fn recv(&mut self) -> impl Future<Output = Inbound> + Send + '_ {
+        use futures_util::{Sink, Stream};
+        use std::pin::Pin;
+        use std::task::Poll;
+        let mut answering: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(move |cx| {
+            if let Some(deadline) = answering.as_mut() {
+                // The library has queued the close reply; send it now (within CLOSE_WAIT),
+                // since the caller drops the socket next.
+                let flushed = Pin::new(&mut self.inner).poll_flush(cx).is_ready();
+                if flushed || deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Inbound::Closed);
+                }
+                return Poll::Pending;
             }
-            Some(Ok(Message::Text(text))) => Inbound::Text(text),
-            Some(Ok(Message::Binary(data))) => Inbound::Binary(data),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
-            Some(Err(e)) => Inbound::Failed(classify(e)),
-        }
+            let Poll::Ready(next) = Pin::new(&mut self.inner).poll_next(cx) else {
+                return Poll::Pending;
+            };
+            Poll::Ready(match next {
+                None => Inbound::Closed,
+                Some(Ok(Message::Close(_))) => {
+                    answering = Some(Box::pin(tokio::time::sleep(CLOSE_WAIT)));
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Some(Ok(Message::Text(text))) => Inbound::Text(text),
+                Some(Ok(Message::Binary(data))) => Inbound::Binary(data),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
+                Some(Err(e)) => Inbound::Failed(classify(e)),
+            })
+        })
     }
 
     /// Queues a text frame (already valid UTF-8 JSON) without flushing.
@@ -86,28 +112,32 @@ impl Socket {
     }
 
     /// Writes `frames` (valid UTF-8 JSON text) in order and flushes them, in one write where they
-    /// fit the write buffer. The future holds only the iterator and one frame: it sits in every
-    /// session's state, so it is kept small.
-    pub async fn write_all(&mut self, mut frames: impl Iterator<Item = Bytes>) -> bool {
+    /// fit the write buffer. Each frame is taken out of its slot (left empty) as it is handed to
+    /// the library. The future holds the iterator and one slot: it sits in every session's
+    /// state, so it is kept small.
+    pub fn write_all<'a>(
+        &'a mut self,
+        mut frames: impl Iterator<Item = &'a mut Bytes> + Send + 'a,
+    ) -> impl Future<Output = bool> + Send + 'a {
         use futures_util::Sink;
         use std::pin::Pin;
         use std::task::Poll;
-        let mut next = None;
-        std::future::poll_fn(|cx| {
+        let mut next: Option<&mut Bytes> = None;
+        std::future::poll_fn(move |cx| {
             loop {
                 if next.is_none() {
                     next = frames.next();
                 }
-                if next.is_none() {
-                    break;
-                }
+                let Some(slot) = next.take() else { break };
                 match Pin::new(&mut self.inner).poll_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        next = Some(slot);
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Err(_)) => return Poll::Ready(false),
                     Poll::Ready(Ok(())) => {}
                 }
-                let Some(frame) = next.take() else { break };
-                let Ok(text) = Utf8Bytes::try_from(frame) else {
+                let Ok(text) = Utf8Bytes::try_from(std::mem::take(slot)) else {
                     continue;
                 };
                 if Pin::new(&mut self.inner)
@@ -121,7 +151,6 @@ impl Socket {
                 .poll_flush(cx)
                 .map(|flushed| flushed.is_ok())
         })
-        .await
     }
 
     pub async fn flush(&mut self) -> bool {

@@ -6,14 +6,12 @@ use std::convert::Infallible;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::time::{Interval, MissedTickBehavior};
 
 use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, verify_client};
@@ -66,16 +64,10 @@ pub async fn sse(
         Ok(registration) => registration,
         Err(e) => return e.into_response(),
     };
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(
-        state.config.connection.heartbeat.max(1),
-    ));
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    heartbeat.reset();
     let stream = Stream {
         state,
         registration,
         catchup: CatchUp::new(login.last_id),
-        heartbeat,
         batch: Vec::new(),
         started: false,
     };
@@ -96,7 +88,6 @@ struct Stream {
     state: Arc<ServerState>,
     registration: Registration,
     catchup: CatchUp,
-    heartbeat: Interval,
     batch: Vec<Outbound>,
     started: bool,
 }
@@ -123,23 +114,28 @@ impl Stream {
                 }
             }
         }
-        tokio::select! {
-            _ = conn.wait() => {
-                let closing = conn.drain(&mut self.batch);
-                if let Some(reason) = closing {
-                    self.registration.reason = match reason {
-                        CloseReason::SlowConsumer => "slow_consumer",
-                        CloseReason::Kicked => "kicked",
-                        CloseReason::Shutdown => "shutdown",
-                    };
-                    return None;
-                }
+        loop {
+            conn.wait().await;
+            let drained = conn.drain(&mut self.batch);
+            if let Some(reason) = drained.closing {
+                self.registration.reason = match reason {
+                    CloseReason::SlowConsumer => "slow_consumer",
+                    CloseReason::Kicked => "kicked",
+                    CloseReason::Shutdown => "shutdown",
+                };
+                return None;
+            }
+            if !self.batch.is_empty() {
                 let mut batch = std::mem::take(&mut self.batch);
                 let chunk = self.events(&mut batch, true).await;
                 self.batch = batch;
-                Some((Ok(chunk), self))
+                return Some((Ok(chunk), self));
             }
-            _ = self.heartbeat.tick() => Some((Ok(Bytes::from_static(b": ping\n\n")), self)),
+            // The node's heartbeat (see `Conn::beat`): a comment line.
+            if drained.beat {
+                self.catchup.tidy();
+                return Some((Ok(Bytes::from_static(b": ping\n\n")), self));
+            }
         }
     }
 
