@@ -353,7 +353,7 @@ pub fn admin_app(config: &Config) -> Router<Arc<ServerState>> {
 
 /// The layers around every route of every listener.
 fn layers(router: Router<Arc<ServerState>>, config: &Config) -> Router<Arc<ServerState>> {
-    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
     let request_id = axum::http::HeaderName::from_static(crate::telemetry::REQUEST_ID);
     // The last layer is the outermost: the request id is set (when the caller sent none)
     // before the request span is made, and copied onto the answer.
@@ -365,7 +365,10 @@ fn layers(router: Router<Arc<ServerState>>, config: &Config) -> Router<Arc<Serve
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(crate::telemetry::request_span),
         )
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            request_id,
+            crate::telemetry::MakeRequestId,
+        ))
 }
 
 /// Reloads the TLS certificate and key on every SIGHUP; a file that does not load is logged

@@ -1,5 +1,6 @@
 //! Logs (text or JSON, to stderr) and the Prometheus recorder behind `/metrics`.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub fn init_logs(config: &LogConfig) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if config.format.eq_ignore_ascii_case("json") {
         builder
@@ -45,6 +47,23 @@ const SECRET_BEARING_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 /// Header carrying the request id, accepted from the caller or generated (a UUID).
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// Makes the request id of a request that came without one: a random (version 4) UUID from the
+/// thread's random generator, without a system call per request.
+#[derive(Clone, Copy, Default)]
+pub struct MakeRequestId;
+
+impl tower_http::request_id::MakeRequestId for MakeRequestId {
+    fn make_request_id<B>(
+        &mut self,
+        _: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        let text = id.hyphenated().encode_lower(&mut text);
+        axum::http::HeaderValue::from_str(text).ok().map(Into::into)
+    }
+}
 
 /// The request id of a request, when it is a sane one: at most 128 visible ASCII characters
 /// (anything else a caller sends is not copied into the logs).
