@@ -36,6 +36,7 @@
 //!   the HTTP API.
 //! - [`topic`]: topic names and MQTT-style patterns (`+`, `#`).
 //! - [`webhooks`]: signed HTTP callbacks to back ends on client and message events.
+//! - [`words`]: the shared vocabulary that every layer may use.
 
 pub mod api;
 pub mod audience;
@@ -63,3 +64,4 @@ pub mod tls;
 pub mod topic;
 pub mod transport;
 pub mod webhooks;
+pub mod words;
