@@ -17,6 +17,8 @@
 #   OUT=DIR             where results.jsonl, the summary and server logs go (default: a temp dir)
 #   PROFILE=1           afterwards, profile mps with perf during one ws_fast run
 #   NO_BUILD=1 MPS=path use this mps binary instead of building the release one
+#   BASELINE=path       also run this other mps binary (server `mps_base`), e.g. the release
+#                       before a change: before and after in one run, with their ratio
 #
 # Requires: Debian packages nginx, libnginx-mod-nchan and jq (installed when missing, as root),
 # cargo. Every server it starts is stopped on exit, by pid.
@@ -89,10 +91,10 @@ wait_port() {
     log "nothing listens on $port"; return 1
 }
 
-start_mps() {
+start_mps() { # binary
     local data=$OUT/mps-data
     rm -rf "$data"; mkdir -p "$data"
-    "$MPS" serve --listen 127.0.0.1:"$MPS_PORT" --data-dir "$data" --admin-key "$KEY" \
+    "$1" serve --listen 127.0.0.1:"$MPS_PORT" --data-dir "$data" --admin-key "$KEY" \
         --jwt-secret "$SECRET" >>"$OUT/mps.log" 2>&1 &
     SERVER_PID=$!
     SERVER_PIDS=$SERVER_PID
@@ -117,9 +119,10 @@ start_nchan() {
     URL=http://127.0.0.1:$NCHAN_PORT TARGET=nchan
 }
 
-start_server() { # mps | nchan1 | nchan2 ...
+start_server() { # mps | mps_base | nchan1 | nchan2 ...
     case $1 in
-        mps) start_mps ;;
+        mps) start_mps "$MPS" ;;
+        mps_base) start_mps "$BASELINE" ;;
         nchan*) start_nchan "${1#nchan}" ;;
     esac
     sleep 1
@@ -153,6 +156,7 @@ run_test() { # server test round
 
 SERVERS=()
 for w in $NCHAN_WORKERS; do SERVERS+=("nchan$w"); done
+[ -n "${BASELINE:-}" ] && SERVERS+=(mps_base)
 SERVERS+=(mps)
 log "results in $OUT; servers: ${SERVERS[*]}; tests: $TESTS; rounds: $ROUNDS"
 for round in $(seq 1 "$ROUNDS"); do
