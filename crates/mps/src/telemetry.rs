@@ -239,7 +239,10 @@ fn preregister() {
         metrics::counter!("mps_messages_accepted_total", "class" => class).absolute(0);
     }
     // Polls are not sessions: they count no logins.
-    for transport in TransportKind::ALL.into_iter().filter(|t| *t != TransportKind::Poll) {
+    for transport in TransportKind::ALL
+        .into_iter()
+        .filter(|t| *t != TransportKind::Poll)
+    {
         metrics::counter!("mps_logins_total", "transport" => transport.as_str()).absolute(0);
     }
     for endpoint in ["ws", "websocket", "sse"] {

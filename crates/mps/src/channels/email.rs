@@ -259,9 +259,9 @@ impl Sender {
             .await
         {
             let now = crate::id::now_ms() as i64;
-            let muted = found
-                .first()
-                .and_then(|(_, p)| p.mutes(email.component.as_deref(), Channel::Email.as_str(), now));
+            let muted = found.first().and_then(|(_, p)| {
+                p.mutes(email.component.as_deref(), Channel::Email.as_str(), now)
+            });
             if let Some(reason) = muted {
                 return (ChannelStatus::Muted, Some(reason.into()));
             }

@@ -144,10 +144,16 @@ pub fn channels_of(
     }
     match status {
         Status::Pushed => {
-            channels.insert(Channel::Push.as_str().to_owned(), state(ChannelStatus::Pushed, None));
+            channels.insert(
+                Channel::Push.as_str().to_owned(),
+                state(ChannelStatus::Pushed, None),
+            );
         }
         Status::Failed => {
-            channels.insert(Channel::Push.as_str().to_owned(), state(ChannelStatus::Failed, reason));
+            channels.insert(
+                Channel::Push.as_str().to_owned(),
+                state(ChannelStatus::Failed, reason),
+            );
         }
         _ => {}
     }

@@ -347,7 +347,8 @@ impl Registration {
                 )
             })?;
         if conn.info.transport != TransportKind::Poll {
-            metrics::counter!("mps_logins_total", "transport" => conn.info.transport.as_str()).increment(1);
+            metrics::counter!("mps_logins_total", "transport" => conn.info.transport.as_str())
+                .increment(1);
             let info = &conn.info;
             tracing::info!(
                 target: CONNECTIONS,
@@ -387,7 +388,8 @@ impl Drop for Registration {
         self.hub.unregister(&self.conn);
         let info = &self.conn.info;
         if info.transport != TransportKind::Poll {
-            metrics::counter!("mps_disconnects_total", "reason" => self.reason.as_str()).increment(1);
+            metrics::counter!("mps_disconnects_total", "reason" => self.reason.as_str())
+                .increment(1);
             let duration_ms = (crate::id::now_ms() as i64 - info.login).max(0);
             tracing::info!(
                 target: CONNECTIONS,

@@ -63,7 +63,13 @@ pub async fn poll(
         return ApiError::invalid("bad_query", format!("timeout must be 0 to {MAX_WAIT}"))
             .into_response();
     }
-    let login = match query.login(&state, &identity, query.since.clone(), TransportKind::Poll, remote) {
+    let login = match query.login(
+        &state,
+        &identity,
+        query.since.clone(),
+        TransportKind::Poll,
+        remote,
+    ) {
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };

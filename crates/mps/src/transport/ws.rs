@@ -125,7 +125,7 @@ async fn open(
     let (seq, mut login) = match opened {
         Ok(ok) => ok,
         Err((code, seq, label, message)) => {
-            count_bad_input(label.as_str());
+            count_bad_input(label);
             socket
                 .send(error_bytes(kind::OPEN_ACK, seq, label, message.clone()))
                 .await;
@@ -243,7 +243,13 @@ pub async fn simple_ws(
         Err(e) => return e.into_response(),
     };
     let resume = query.resume_id(&headers);
-    let mut login = match query.login(&state, &identity, resume, TransportKind::WebsocketSimple, remote) {
+    let mut login = match query.login(
+        &state,
+        &identity,
+        resume,
+        TransportKind::WebsocketSimple,
+        remote,
+    ) {
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };
