@@ -18,7 +18,7 @@ use crate::broker::Broker;
 use crate::config::{Config, MessagesConfig, TopicsConfig};
 use crate::formats::Template;
 use crate::hub::{AgentFilter, Envelope, Target};
-use crate::id::{IdGen, now_ms};
+use crate::id::{IdGen, MessageId, now_ms};
 use crate::presence::{Presence, PresenceError};
 use crate::push::fallback::{Fallback, Job};
 use crate::push::{Notification, Priority};
@@ -26,6 +26,7 @@ use crate::store::{
     Claimed, IdempotencyKey, KeyedWrite, NewMessage, Store, StoreError, TopicEntry, TopicReplay,
 };
 use crate::webhooks;
+use crate::words::Channel;
 
 /// Longest user, component, agent, app or sender name.
 pub const MAX_NAME: usize = 256;
@@ -84,8 +85,9 @@ pub fn encode_push(message: &PushedMessage) -> Bytes {
 pub fn parse_ids(ids: &[String]) -> Result<Vec<u64>, EngineError> {
     ids.iter()
         .map(|id| {
-            id.parse()
-                .map_err(|_| invalid("invalid_id", format!("{id:?} is not a message id")))
+            id.parse::<MessageId>()
+                .map(MessageId::get)
+                .map_err(|e| invalid("invalid_id", e.to_string()))
         })
         .collect()
 }
@@ -108,19 +110,19 @@ struct Chosen {
     /// The webhook channel, at once.
     webhook: bool,
     /// Steps of the chain, run from the store: (channel, seconds after sending).
-    later: Vec<(String, u64)>,
+    later: Vec<(Channel, u64)>,
 }
 
 impl Chosen {
     /// Splits a checked chain: the vendor push and the webhook without delay run at once,
     /// everything else (every e-mail) from the store.
-    fn from_chain(chain: Vec<(&str, u64)>) -> Chosen {
+    fn from_chain(chain: Vec<(Channel, u64)>) -> Chosen {
         let mut chosen = Chosen::default();
         for (channel, after) in chain {
             match channel {
-                "push" if after == 0 => chosen.push = true,
-                "webhook" if after == 0 => chosen.webhook = true,
-                _ => chosen.later.push((channel.to_owned(), after)),
+                Channel::Push if after == 0 => chosen.push = true,
+                Channel::Webhook if after == 0 => chosen.webhook = true,
+                _ => chosen.later.push((channel, after)),
             }
         }
         chosen
@@ -312,7 +314,10 @@ impl Engine {
         let steps: Vec<(String, i64)> = chosen
             .later
             .into_iter()
-            .map(|(channel, after)| (channel, created.saturating_add(after as i64 * 1000)))
+            .map(|(channel, after)| {
+                let due = created.saturating_add(after as i64 * 1000);
+                (channel.as_str().to_owned(), due)
+            })
             .collect();
         // A message that names no channels follows each recipient's own chain, if any.
         let own = match (&req.channels, &recipients) {
@@ -324,7 +329,7 @@ impl Engine {
             .flat_map(|(user, chosen)| {
                 chosen.later.iter().map(move |(channel, after)| {
                     let due = created.saturating_add(*after as i64 * 1000);
-                    (user.clone(), channel.clone(), due)
+                    (user.clone(), channel.as_str().to_owned(), due)
                 })
             })
             .collect();
@@ -530,7 +535,7 @@ impl Engine {
             .await?;
         Ok(pending
             .iter()
-            .map(|m| (m.id.parse().unwrap_or_default(), encode_push(m)))
+            .filter_map(|m| Some((crate::id::read_back(&m.id)?, encode_push(m))))
             .collect())
     }
 
@@ -648,7 +653,10 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<PushedMessage>, EngineError> {
         let pending = self.store.pending(app, user, None, 0, limit).await?;
-        let ids = pending.iter().filter_map(|m| m.id.parse().ok()).collect();
+        let ids = pending
+            .iter()
+            .filter_map(|m| crate::id::read_back(&m.id))
+            .collect();
         let changed = self.store.mark_delivered(app, user, ids).await?;
         webhooks::recipients(EventType::MessageDelivered, app, user, &changed);
         Ok(pending)
@@ -673,7 +681,7 @@ impl Engine {
             .map_err(|e| invalid("invalid_channels", e))?;
         if let Some((channel, _)) = chain
             .iter()
-            .find(|(c, _)| !crate::channels::configured(app, c))
+            .find(|(c, _)| !crate::channels::configured(app, *c))
         {
             return Err(invalid(
                 "channel_not_configured",
@@ -692,8 +700,8 @@ impl Engine {
         recipients: &[String],
         ttl: u64,
     ) -> BTreeMap<String, Chosen> {
-        if !crate::channels::configured(app, "email")
-            && !crate::channels::configured(app, "webhook")
+        if !crate::channels::configured(app, Channel::Email)
+            && !crate::channels::configured(app, Channel::Webhook)
         {
             return BTreeMap::new();
         }

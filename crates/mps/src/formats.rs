@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::engine::{EngineError, MAX_TITLE, check_name, invalid};
 use crate::push::Way;
+use crate::words::Channel;
 
 /// Most shapes one message may carry.
 pub const MAX_FORMATS: usize = 16;
@@ -60,7 +61,7 @@ pub fn check(formats: &BTreeMap<String, Format>) -> Result<(), EngineError> {
 /// Whether a shape is for a vendor's notifications or the e-mail channel rather than for
 /// connections.
 pub fn is_vendor(name: &str) -> bool {
-    Way::parse(name).is_some() || name == "email"
+    Way::parse(name).is_some() || Channel::parse(name) == Some(Channel::Email)
 }
 
 /// The shapes a message is sent with: the app's templates rendered for it, overridden field by

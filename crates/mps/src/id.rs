@@ -4,13 +4,54 @@
 //! 10 bits of node number. Consecutive ids of one node differ by at least 1024 in the low bits,
 //! so a burst beyond 8192 ids in one millisecond borrows from the next millisecond instead of
 //! colliding with another node.
+//!
+//! On the wire and in the store's text a message id is a decimal string; [`MessageId`] is the
+//! one way back to a number, failing on anything else rather than reading it as 0.
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const EPOCH_MS: u64 = 1_704_067_200_000;
 const NODE_BITS: u32 = 10;
 const TIME_SHIFT: u32 = 23;
+
+/// A message id read from text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(u64);
+
+impl MessageId {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// Text that is not a message id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a message id")]
+pub struct BadId(pub String);
+
+impl FromStr for MessageId {
+    type Err = BadId;
+
+    fn from_str(text: &str) -> Result<MessageId, BadId> {
+        text.parse()
+            .map(MessageId)
+            .map_err(|_| BadId(text.to_owned()))
+    }
+}
+
+/// A message id the server wrote itself, read back from the store or from another node: one
+/// that does not parse is logged, and the caller skips its message.
+pub fn read_back(text: &str) -> Option<u64> {
+    match text.parse::<MessageId>() {
+        Ok(id) => Some(id.get()),
+        Err(e) => {
+            tracing::error!(error = %e, "skipping a message whose id does not parse");
+            None
+        }
+    }
+}
 
 pub struct IdGen {
     node: u64,
@@ -76,5 +117,15 @@ mod tests {
             prev = id;
         }
         assert!(prev < i64::MAX as u64);
+    }
+
+    #[test]
+    fn message_ids_parse_decimal_only() {
+        let id: MessageId = "123456789".parse().unwrap();
+        assert_eq!(id.get(), 123_456_789);
+        for bad in ["", "abc", "-1", "1.5", " 7", "18446744073709551616"] {
+            let err = bad.parse::<MessageId>().unwrap_err();
+            assert_eq!(err.to_string(), format!("{bad:?} is not a message id"));
+        }
     }
 }

@@ -23,6 +23,7 @@
 //! - [`preferences`]: users' muted components and channels and quiet hours for vendor push and
 //!   e-mail.
 //! - [`push`]: vendor push (APNs, FCM, Web Push) to devices with no live connection.
+//! - [`retry`]: the one retry policy (exponential backoff, cap, full jitter, attempts).
 //! - [`channels`]: the webhook and e-mail channels of directed messages, and the chain that
 //!   runs later channels from the store for recipients who have not acked.
 //! - [`api`]: the HTTP API under `/api/v1`, health and metrics.
@@ -57,6 +58,7 @@ pub mod origin;
 pub mod preferences;
 pub mod presence;
 pub mod push;
+pub mod retry;
 pub mod server;
 pub mod store;
 pub mod telemetry;

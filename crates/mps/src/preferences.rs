@@ -7,6 +7,7 @@ use mps_proto::{Preferences, PreferencesRequest, QuietHours};
 
 use crate::engine::check_name;
 use crate::push::Way;
+use crate::words::Channel;
 
 /// Most muted components per user.
 pub const MAX_MUTED: usize = 256;
@@ -24,7 +25,7 @@ pub fn check(request: PreferencesRequest) -> Result<Preferences, String> {
     components.dedup();
     let mut channels = request.muted_channels;
     for channel in &channels {
-        if Way::parse(channel).is_none() && channel != "email" {
+        if Way::parse(channel).is_none() && Channel::parse(channel) != Some(Channel::Email) {
             return Err(format!(
                 "muted channel {channel:?} is not one of apns, fcm, webpush, email"
             ));

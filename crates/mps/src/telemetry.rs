@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
+use crate::words::TransportKind;
 
 /// Logs to stderr: one line per event, as text or (`log.format = "json"`) one JSON object per
 /// line whose event fields are top-level keys, with the request span's fields (`request_id`,
@@ -138,12 +139,10 @@ pub struct Hot {
     pub directed_delivered: Counter,
     /// Frames not queued on a connection: its queue overflowed, or it was closing.
     pub queue_dropped: Counter,
-    /// `mps_connections{transport, agent}`, one per [`TRANSPORTS`] × [`AGENTS`].
+    /// `mps_connections{transport, agent}`, one per [`TransportKind`] × [`AGENTS`].
     connections: Vec<Gauge>,
 }
 
-/// Transports of `mps_connections` (as in `GET /api/v1/clients`).
-pub const TRANSPORTS: [&str; 4] = ["websocket", "websocket-simple", "sse", "poll"];
 /// Agents of `mps_connections`; any other agent is counted as `other`, so that clients cannot
 /// grow the number of series.
 pub const AGENTS: [&str; 5] = ["bs", "cs", "ios", "android", "other"];
@@ -156,12 +155,12 @@ pub fn hot() -> &'static Hot {
         frames_sent: metrics::counter!("mps_frames_sent_total"),
         directed_delivered: metrics::counter!("mps_directed_delivered_total"),
         queue_dropped: metrics::counter!("mps_queue_dropped_total"),
-        connections: TRANSPORTS
+        connections: TransportKind::ALL
             .iter()
             .flat_map(|t| {
-                AGENTS.iter().map(
-                    move |a| metrics::gauge!("mps_connections", "transport" => *t, "agent" => *a),
-                )
+                AGENTS.iter().map(move |a| {
+                    metrics::gauge!("mps_connections", "transport" => t.as_str(), "agent" => *a)
+                })
             })
             .collect(),
     })
@@ -169,8 +168,11 @@ pub fn hot() -> &'static Hot {
 
 impl Hot {
     /// The live-connections gauge of a transport and agent.
-    pub fn connections(&self, transport: &str, agent: &str) -> &Gauge {
-        let t = TRANSPORTS.iter().position(|t| *t == transport).unwrap_or(0);
+    pub fn connections(&self, transport: TransportKind, agent: &str) -> &Gauge {
+        let t = TransportKind::ALL
+            .iter()
+            .position(|t| *t == transport)
+            .unwrap_or(0);
         let a = AGENTS
             .iter()
             .position(|a| *a == agent)
@@ -236,8 +238,12 @@ fn preregister() {
     for class in ["directed", "topic", "component", "broadcast"] {
         metrics::counter!("mps_messages_accepted_total", "class" => class).absolute(0);
     }
-    for transport in ["websocket", "websocket-simple", "sse"] {
-        metrics::counter!("mps_logins_total", "transport" => transport).absolute(0);
+    // Polls are not sessions: they count no logins.
+    for transport in TransportKind::ALL
+        .into_iter()
+        .filter(|t| *t != TransportKind::Poll)
+    {
+        metrics::counter!("mps_logins_total", "transport" => transport.as_str()).absolute(0);
     }
     for endpoint in ["ws", "websocket", "sse"] {
         metrics::counter!("mps_upgrades_total", "endpoint" => endpoint).absolute(0);

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::hub::Conn;
 use crate::id::{IdGen, now_ms};
+use crate::retry::Backoff;
 use crate::store::ExpiredRecipient;
 
 /// Header carrying `sha256=<hex>` of HMAC-SHA256(secret, `<timestamp>.<body>`).
@@ -456,7 +457,14 @@ impl Sender {
 impl Poster {
     /// Posts one body, retrying; true when the receiver took it.
     pub(crate) async fn post(&self, delivery: &str, body: Bytes) -> bool {
-        for attempt in 1..=self.config.attempts {
+        let backoff = Backoff::new(
+            Duration::from_millis(self.config.backoff_ms),
+            Duration::from_millis(self.config.max_backoff_ms),
+            self.config.attempts,
+        );
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let answer = self.post_once(delivery, body.clone()).await;
             let outcome = match &answer {
                 Answer::Taken => "ok",
@@ -471,29 +479,16 @@ impl Poster {
                     tracing::warn!(webhook = %self.name, delivery, why, "webhook refused the events; giving them up");
                     return false;
                 }
-                Answer::Retry(why) if attempt == self.config.attempts => {
+                Answer::Retry(why) if backoff.gives_up(attempt) => {
                     tracing::warn!(webhook = %self.name, delivery, attempt, why, "webhook failed; giving the events up");
                     return false;
                 }
                 Answer::Retry(why) => {
                     tracing::debug!(webhook = %self.name, delivery, attempt, why, "webhook failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    tokio::time::sleep(backoff.delay(attempt)).await;
                 }
             }
         }
-        false
-    }
-
-    /// The wait after failed attempt `attempt` (from 1): doubling from `backoff_ms` up to
-    /// `max_backoff_ms`, then between half and all of that, so that many nodes retrying do not
-    /// come back at once.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let doubled = self
-            .config
-            .backoff_ms
-            .saturating_mul(1u64 << (attempt - 1).min(30))
-            .min(self.config.max_backoff_ms);
-        Duration::from_millis(doubled / 2 + rand::random::<u64>() % (doubled / 2 + 1))
     }
 
     async fn post_once(&self, delivery: &str, body: Bytes) -> Answer {

@@ -16,6 +16,7 @@ use super::openapi::{
     BadRequest, NotFound, TooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
 };
 use super::{Admin, ApiError, Body, Client, Params};
+use crate::id::MessageId;
 use crate::server::ServerState;
 use crate::store::MessageQuery;
 
@@ -158,8 +159,9 @@ pub async fn list(
 }
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::invalid("invalid_id", format!("{id:?} is not a message id")))
+    id.parse::<MessageId>()
+        .map(MessageId::get)
+        .map_err(|e| ApiError::invalid("invalid_id", e.to_string()))
 }
 
 /// One message with per-recipient status.

@@ -390,8 +390,11 @@ async fn resync(hub: Arc<Hub>, store: Arc<dyn Store>, recent: Arc<Recent>, lost_
                 }
             };
             let full = page.len() == BACKLOG_PAGE;
+            let before = after;
             for message in &page {
-                let id: u64 = message.id.parse().unwrap_or_default();
+                let Some(id) = crate::id::read_back(&message.id) else {
+                    continue;
+                };
                 after = id;
                 if !recent.contains(id) {
                     sent += 1;
@@ -402,7 +405,8 @@ async fn resync(hub: Arc<Hub>, store: Arc<dyn Store>, recent: Arc<Recent>, lost_
                     });
                 }
             }
-            if !full {
+            // A page of ids that do not parse would be read again for ever.
+            if !full || after == before {
                 break;
             }
         }

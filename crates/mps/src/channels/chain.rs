@@ -19,6 +19,7 @@ use super::email::{self, Email};
 use crate::push::fallback::{Fallback, Job};
 use crate::push::{Notification, Priority, Way};
 use crate::store::{DueStep, StepRecord, Store};
+use crate::words::Channel;
 
 /// How long a claimed step waits before it is taken again when it was not settled.
 pub const RETRY_AFTER_MS: i64 = 5 * 60_000;
@@ -36,9 +37,9 @@ pub fn nudge() {
 
 /// Starts the runner. Call once, in a runtime.
 pub fn start(store: Arc<dyn Store>, fallback: Arc<Fallback>) {
-    for channel in super::NAMES {
+    for channel in Channel::ALL {
         for result in ["run", "cancelled"] {
-            metrics::counter!("mps_channel_steps_total", "channel" => channel, "result" => result)
+            metrics::counter!("mps_channel_steps_total", "channel" => channel.as_str(), "result" => result)
                 .absolute(0);
         }
     }
@@ -88,13 +89,13 @@ async fn take(store: &dyn Store, fallback: &Fallback, steps: Vec<DueStep>) {
             Some(settle(ChannelStatus::Cancelled, None))
         } else {
             count(&step.channel, "run");
-            match step.channel.as_str() {
-                "email" => {
+            match Channel::parse(&step.channel) {
+                Some(Channel::Email) => {
                     // A full queue leaves the step claimed: it is taken again later.
-                    email::offer(shaped(&step, "email"));
+                    email::offer(shaped(&step, Channel::Email.as_str()));
                     None
                 }
-                "webhook" => {
+                Some(Channel::Webhook) => {
                     super::offer_webhook(
                         &step.app,
                         std::slice::from_ref(&step.user),
@@ -102,7 +103,7 @@ async fn take(store: &dyn Store, fallback: &Fallback, steps: Vec<DueStep>) {
                     );
                     None
                 }
-                "push" if fallback.wanted(&step.app, PushPolicy::Offline) => {
+                Some(Channel::Push) if fallback.wanted(&step.app, PushPolicy::Offline) => {
                     pushes
                         .entry(step.id)
                         .or_insert_with(|| job(&step))
@@ -110,13 +111,13 @@ async fn take(store: &dyn Store, fallback: &Fallback, steps: Vec<DueStep>) {
                         .push(step.user.clone());
                     Some(settle(ChannelStatus::Sent, None))
                 }
-                "push" => Some(settle(
+                Some(Channel::Push) => Some(settle(
                     ChannelStatus::Skipped,
                     Some("no vendor push configured"),
                 )),
-                other => Some(settle(
+                None => Some(settle(
                     ChannelStatus::Skipped,
-                    Some(&format!("unknown channel {other:?}")),
+                    Some(&format!("unknown channel {:?}", step.channel)),
                 )),
             }
         };

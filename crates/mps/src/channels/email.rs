@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::preferences::Muting;
+use crate::retry::Backoff;
 use crate::store::{StepRecord, Store};
+use crate::words::Channel;
 use mps_proto::ChannelStatus;
 
 /// The attribute that holds a user's e-mail address (`PUT /api/v1/users/{user}/attributes`).
@@ -153,7 +155,7 @@ pub fn start<'a>(
             _ => anyhow::bail!("{what}: give both username and password, or neither"),
         }
         for result in ["sent", "failed", "muted", "skipped", "dropped"] {
-            metrics::counter!("mps_channel_messages_total", "channel" => "email", "result" => result)
+            metrics::counter!("mps_channel_messages_total", "channel" => Channel::Email.as_str(), "result" => result)
                 .absolute(0);
         }
         metrics::counter!("mps_email_retries_total").absolute(0);
@@ -193,7 +195,7 @@ pub fn offer(email: Email) -> bool {
 }
 
 fn count(result: &'static str) {
-    metrics::counter!("mps_channel_messages_total", "channel" => "email", "result" => result)
+    metrics::counter!("mps_channel_messages_total", "channel" => Channel::Email.as_str(), "result" => result)
         .increment(1);
 }
 
@@ -210,7 +212,7 @@ async fn run(sender: Arc<Sender>, mut rx: mpsc::Receiver<Email>) {
             let record = StepRecord {
                 id: email.id,
                 user: email.user.clone(),
-                channel: "email".into(),
+                channel: Channel::Email.as_str().into(),
                 status,
                 reason,
             };
@@ -257,9 +259,9 @@ impl Sender {
             .await
         {
             let now = crate::id::now_ms() as i64;
-            let muted = found
-                .first()
-                .and_then(|(_, p)| p.mutes(email.component.as_deref(), "email", now));
+            let muted = found.first().and_then(|(_, p)| {
+                p.mutes(email.component.as_deref(), Channel::Email.as_str(), now)
+            });
             if let Some(reason) = muted {
                 return (ChannelStatus::Muted, Some(reason.into()));
             }
@@ -275,14 +277,21 @@ impl Sender {
             Ok(message) => message,
             Err(e) => return (ChannelStatus::Failed, Some(e.to_string())),
         };
-        for attempt in 1..=self.config.attempts {
+        let backoff = Backoff::new(
+            Duration::from_millis(self.config.backoff_ms),
+            Duration::from_millis(self.config.max_backoff_ms),
+            self.config.attempts,
+        );
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             match self.transport.send(message.clone()).await {
                 Ok(_) => return (ChannelStatus::Sent, None),
                 Err(e) if e.is_permanent() => {
                     tracing::warn!(app = %email.app, id = email.id, error = %e, "the SMTP relay refused an e-mail");
                     return (ChannelStatus::Failed, Some(e.to_string()));
                 }
-                Err(e) if attempt == self.config.attempts => {
+                Err(e) if backoff.gives_up(attempt) => {
                     tracing::warn!(app = %email.app, id = email.id, error = %e, "e-mail not sent after its retries");
                     return (
                         ChannelStatus::Failed,
@@ -292,22 +301,10 @@ impl Sender {
                 Err(e) => {
                     tracing::debug!(app = %email.app, id = email.id, attempt, error = %e, "e-mail failed; retrying");
                     metrics::counter!("mps_email_retries_total").increment(1);
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    tokio::time::sleep(backoff.delay(attempt)).await;
                 }
             }
         }
-        (ChannelStatus::Failed, Some("no attempt".into()))
-    }
-
-    /// The wait after failed attempt `attempt` (from 1): doubling from `backoff_ms` up to
-    /// `max_backoff_ms`, then between half and all of that.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let doubled = self
-            .config
-            .backoff_ms
-            .saturating_mul(1u64 << (attempt - 1).min(30))
-            .min(self.config.max_backoff_ms);
-        Duration::from_millis(doubled / 2 + rand::random::<u64>() % (doubled / 2 + 1))
     }
 }
 

@@ -23,37 +23,33 @@ use tokio::sync::mpsc;
 
 use crate::store::{StepRecord, Store};
 use crate::webhooks::{Poster, WebhookConfig};
-
-/// The channels a message can name in `channels`.
-pub const NAMES: [&str; 3] = ["push", "webhook", "email"];
+use crate::words::Channel;
 
 /// Checks a chain (a message's `channels` or a user's own): known channels, each once, and
 /// delays that parse and fall within `ttl` seconds. Returns each channel with its delay in
 /// seconds, in order; or what is wrong.
-pub fn check_chain(choices: &[ChannelChoice], ttl: u64) -> Result<Vec<(&str, u64)>, String> {
-    let mut chain: Vec<(&str, u64)> = Vec::with_capacity(choices.len());
+pub fn check_chain(choices: &[ChannelChoice], ttl: u64) -> Result<Vec<(Channel, u64)>, String> {
+    let mut chain: Vec<(Channel, u64)> = Vec::with_capacity(choices.len());
     for choice in choices {
-        let channel = choice.channel();
-        if !NAMES.contains(&channel) {
-            return Err(format!(
-                "unknown channel {channel:?} (known: {})",
-                NAMES.join(", ")
-            ));
-        }
+        let name = choice.channel();
+        let Some(channel) = Channel::parse(name) else {
+            let known = Channel::ALL.map(Channel::as_str).join(", ");
+            return Err(format!("unknown channel {name:?} (known: {known})"));
+        };
         if chain.iter().any(|(c, _)| *c == channel) {
-            return Err(format!("channels lists {channel:?} twice"));
+            return Err(format!("channels lists {name:?} twice"));
         }
         let after = match choice {
             ChannelChoice::Step(ChannelStep {
                 after: Some(delay), ..
             }) => delay.seconds().ok_or_else(|| {
-                format!("after of {channel:?} must be seconds or a number with s, m, h or d")
+                format!("after of {name:?} must be seconds or a number with s, m, h or d")
             })?,
             _ => 0,
         };
         if after >= ttl {
             return Err(format!(
-                "after of {channel:?} is not within the message's ttl ({ttl} s)"
+                "after of {name:?} is not within the message's ttl ({ttl} s)"
             ));
         }
         chain.push((channel, after));
@@ -63,11 +59,11 @@ pub fn check_chain(choices: &[ChannelChoice], ttl: u64) -> Result<Vec<(&str, u64
 
 /// Whether `app` has `channel` configured (the vendor push always counts as configured: a
 /// message to users without devices simply pushes nothing).
-pub fn configured(app: &str, channel: &str) -> bool {
+pub fn configured(app: &str, channel: Channel) -> bool {
     match channel {
-        "webhook" => has_webhook(app),
-        "email" => email::configured(app),
-        _ => true,
+        Channel::Webhook => has_webhook(app),
+        Channel::Email => email::configured(app),
+        Channel::Push => true,
     }
 }
 
@@ -112,7 +108,7 @@ impl Default for WebhookChannelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelMessage {
     /// Always `webhook`.
-    pub channel: String,
+    pub channel: Channel,
     pub app: String,
     /// The recipient.
     pub user: String,
@@ -187,7 +183,7 @@ pub fn offer_webhook(app: &str, users: &[String], message: &PushedMessage) {
     };
     for user in users {
         let item = ChannelMessage {
-            channel: "webhook".into(),
+            channel: Channel::Webhook,
             app: app.to_owned(),
             user: user.clone(),
             message: message.clone(),
@@ -204,7 +200,7 @@ pub fn offer_webhook(app: &str, users: &[String], message: &PushedMessage) {
 }
 
 fn count(result: &'static str) {
-    metrics::counter!("mps_channel_messages_total", "channel" => "webhook", "result" => result)
+    metrics::counter!("mps_channel_messages_total", "channel" => Channel::Webhook.as_str(), "result" => result)
         .increment(1);
 }
 
@@ -215,16 +211,19 @@ async fn run(poster: Poster, mut rx: mpsc::Receiver<ChannelMessage>, store: Arc<
         let delivery = format!("{}.{}", item.message.id, item.user);
         let taken = poster.post(&delivery, body).await;
         count(if taken { "sent" } else { "failed" });
-        let id = item.message.id.parse().unwrap_or_default();
+        let Some(id) = crate::id::read_back(&item.message.id) else {
+            continue;
+        };
         let reason = "the webhook channel did not take it after its retries";
         if !taken {
             // The same event as a failed vendor push, with `way` `webhook` and no device.
-            crate::webhooks::push_failed(&item.app, &item.user, id, "", "webhook", reason);
+            let way = Channel::Webhook.as_str();
+            crate::webhooks::push_failed(&item.app, &item.user, id, "", way, reason);
         }
         let record = StepRecord {
             id,
             user: item.user.clone(),
-            channel: "webhook".into(),
+            channel: Channel::Webhook.as_str().into(),
             status: if taken {
                 mps_proto::ChannelStatus::Sent
             } else {

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::words::{EndReason, TransportKind};
+
 /// Identity of a connection, fixed at login.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -18,8 +20,7 @@ pub struct ConnInfo {
     pub user: Arc<str>,
     pub agent: Box<str>,
     pub device: Option<Box<str>>,
-    /// `websocket` or `websocket-simple`.
-    pub transport: &'static str,
+    pub transport: TransportKind,
     /// Login time, Unix ms.
     pub login: i64,
     pub remote: SocketAddr,
@@ -54,6 +55,17 @@ pub enum CloseReason {
     Kicked,
     /// The server is shutting down.
     Shutdown,
+}
+
+impl CloseReason {
+    /// Why the session it closes ended.
+    pub fn end_reason(self) -> EndReason {
+        match self {
+            CloseReason::SlowConsumer => EndReason::SlowConsumer,
+            CloseReason::Kicked => EndReason::Kicked,
+            CloseReason::Shutdown => EndReason::Shutdown,
+        }
+    }
 }
 
 struct Outbox {

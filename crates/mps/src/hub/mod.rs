@@ -19,6 +19,8 @@ use parking_lot::RwLock;
 use smallvec::SmallVec;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::words::TransportKind;
+
 pub use conn::{CloseReason, Conn, ConnInfo, Drained, Outbound, Subscriptions};
 
 /// Who a live message is for.
@@ -307,7 +309,7 @@ impl Hub {
             second.tick().await;
             let registry = self.registry.read();
             for conn in registry.by_id.values() {
-                if conn.id % slices == slice && conn.info.transport != "poll" {
+                if conn.id % slices == slice && conn.info.transport != TransportKind::Poll {
                     conn.beat();
                 }
             }
@@ -454,7 +456,7 @@ mod tests {
             user: user.into(),
             agent: agent.into(),
             device: None,
-            transport: "websocket",
+            transport: TransportKind::Websocket,
             login: 0,
             remote: "127.0.0.1:1".parse().unwrap(),
             topic_claim: None,

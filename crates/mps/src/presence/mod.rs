@@ -46,7 +46,7 @@ pub fn describe(conn: &Conn, node: &str) -> OnlineClient {
         user: info.user.to_string(),
         agent: info.agent.to_string(),
         device: info.device.as_deref().map(str::to_owned),
-        transport: info.transport.to_owned(),
+        transport: info.transport.as_str().to_owned(),
         login: info.login,
         remote: info.remote.to_string(),
         node: node.to_owned(),

@@ -535,7 +535,7 @@ mod tests {
                 user: "u3".into(),
                 agent: "android".into(),
                 device: Some("phone".into()),
-                transport: "websocket",
+                transport: crate::words::TransportKind::Websocket,
                 login: 0,
                 remote: SocketAddr::from(([127, 0, 0, 1], 1)),
                 topic_claim: None,

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 
 use super::{Notification, Outcome, PushConfig, Pushers, Way};
+use crate::retry::Backoff;
 
 /// The longest wait between two attempts, whatever the vendor's `Retry-After` says; a vendor
 /// asking for more gets the push failed instead of a task parked for longer.
@@ -109,8 +110,7 @@ pub(crate) enum Attempt {
 #[derive(Clone)]
 pub(crate) struct Retry {
     way: Way,
-    attempts: u32,
-    backoff: Duration,
+    backoff: Backoff,
     /// Requests in flight to this vendor kind; waits between attempts do not hold a permit.
     permits: Arc<Semaphore>,
 }
@@ -119,15 +119,18 @@ impl Retry {
     fn new(way: Way, config: &PushConfig) -> Retry {
         Retry {
             way,
-            attempts: config.attempts,
-            backoff: Duration::from_millis(config.backoff_ms),
+            backoff: Backoff::new(
+                Duration::from_millis(config.backoff_ms),
+                MAX_DELAY,
+                config.attempts,
+            ),
             permits: Arc::new(Semaphore::new(config.concurrency)),
         }
     }
 
-    /// Runs `attempt` until it settles, at most `attempts` times, waiting `backoff`, doubled
-    /// per attempt (plus up to a quarter of jitter), or the vendor's `Retry-After`, between
-    /// tries; counts the outcome.
+    /// Runs `attempt` until it settles, at most `attempts` times, waiting by the backoff
+    /// (`backoff_ms` doubled per attempt up to [`MAX_DELAY`], jittered), or the vendor's
+    /// `Retry-After`, between tries; counts the outcome.
     pub(crate) async fn run<F, Fut>(&self, mut attempt: F) -> Outcome
     where
         F: FnMut() -> Fut,
@@ -161,7 +164,7 @@ impl Retry {
                     tries -= 1;
                 }
                 Attempt::Retry { reason, after } => {
-                    if tries >= self.attempts {
+                    if self.backoff.gives_up(tries) {
                         break Outcome::Failed {
                             reason: format!("{reason} (gave up after {tries} attempts)"),
                         };
@@ -173,7 +176,7 @@ impl Retry {
                             };
                         }
                         Some(after) => after,
-                        None => self.backoff(tries),
+                        None => self.backoff.delay(tries),
                     };
                     metrics::counter!("mps_push_retries_total", "way" => way).increment(1);
                     tracing::debug!(way, %reason, ?delay, "push retried");
@@ -183,16 +186,6 @@ impl Retry {
         };
         count(self.way, &outcome);
         outcome
-    }
-
-    /// The wait after the `tries`-th attempt.
-    fn backoff(&self, tries: u32) -> Duration {
-        let base = self
-            .backoff
-            .saturating_mul(1 << tries.saturating_sub(1).min(16))
-            .min(MAX_DELAY);
-        let jitter = base.mul_f64(rand::random::<f64>() / 4.0);
-        base + jitter
     }
 
     /// Counts a push settled without a request (payload too large, unusable token).
@@ -307,19 +300,5 @@ mod tests {
         let body = alert(&note(None, &long)).1;
         assert_eq!(body.chars().count(), ALERT_CHARS);
         assert!(body.ends_with('…'));
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_bounded() {
-        let config = PushConfig {
-            backoff_ms: 100,
-            ..PushConfig::default()
-        };
-        let retry = Retry::new(Way::Fcm, &config);
-        let first = retry.backoff(1);
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(125));
-        let third = retry.backoff(3);
-        assert!(third >= Duration::from_millis(400) && third <= Duration::from_millis(500));
-        assert!(retry.backoff(40) <= MAX_DELAY + MAX_DELAY / 4);
     }
 }

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use crate::audience::Expr;
 use crate::hub::AgentFilter;
 use crate::push::{Device, Way};
+use crate::words::Channel;
 
 /// The stored form of a message's shapes: JSON, or nothing when it has none.
 pub fn formats_column(formats: &BTreeMap<String, Format>) -> Option<String> {
@@ -143,10 +144,16 @@ pub fn channels_of(
     }
     match status {
         Status::Pushed => {
-            channels.insert("push".to_owned(), state(ChannelStatus::Pushed, None));
+            channels.insert(
+                Channel::Push.as_str().to_owned(),
+                state(ChannelStatus::Pushed, None),
+            );
         }
         Status::Failed => {
-            channels.insert("push".to_owned(), state(ChannelStatus::Failed, reason));
+            channels.insert(
+                Channel::Push.as_str().to_owned(),
+                state(ChannelStatus::Failed, reason),
+            );
         }
         _ => {}
     }

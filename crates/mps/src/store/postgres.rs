@@ -419,7 +419,7 @@ impl Store for PostgresStore {
                 .map_err(backend)?;
             let mut by_id: HashMap<i64, &mut MessageRecord> = items
                 .iter_mut()
-                .map(|r| (r.id.parse().unwrap_or_default(), r))
+                .filter_map(|r| Some((crate::id::read_back(&r.id)? as i64, r)))
                 .collect();
             for row in client.query(&statement, &[&ids]).await.map_err(backend)? {
                 if let Some(record) = by_id.get_mut(&row.get::<_, i64>(0)) {

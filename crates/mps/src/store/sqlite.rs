@@ -938,7 +938,10 @@ fn summaries(conn: &Connection, records: &mut [MessageRecord]) -> rusqlite::Resu
         "SELECT status, push, COUNT(*) FROM recipients WHERE message_id = ?1 GROUP BY status, push",
     )?;
     for record in records {
-        let id: i64 = record.id.parse().unwrap_or_default();
+        let Some(id) = crate::id::read_back(&record.id) else {
+            continue;
+        };
+        let id = id as i64;
         let rows = stmt.query_map([id], |r| {
             Ok((status_from(r.get(0)?, r.get(1)?), r.get::<_, i64>(2)?))
         })?;

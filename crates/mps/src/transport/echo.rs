@@ -59,7 +59,7 @@ async fn run(mut socket: Socket) {
             Inbound::Closed => return,
             Inbound::Failed(failure) => {
                 let (code, reason, label) = failure_close(failure);
-                count_bad_input(label);
+                count_bad_input(label.as_str());
                 socket.close(code, reason).await;
                 return;
             }

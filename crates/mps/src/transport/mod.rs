@@ -30,8 +30,9 @@ use crate::api::ApiError;
 use crate::auth::{Identity, bearer};
 use crate::engine::check_name;
 use crate::hub::{Conn, ConnInfo, Hub, Subscriptions};
-use crate::id::now_ms;
+use crate::id::{MessageId, now_ms};
 use crate::server::ServerState;
+use crate::words::{EndReason, TransportKind};
 
 /// Records a rejected client input in metrics.
 pub fn count_bad_input(kind: &'static str) {
@@ -139,7 +140,7 @@ pub fn check_login(
     state: &ServerState,
     identity: &Identity,
     request: LoginRequest,
-    transport: &'static str,
+    transport: TransportKind,
     remote: SocketAddr,
 ) -> Result<Login, Refusal> {
     for (what, value) in [("agent", &request.agent), ("device", &request.device)] {
@@ -155,9 +156,10 @@ pub fn check_login(
     check_subscriptions(state, identity, &subscriptions)?;
     let last_id = match request.last_id.as_deref() {
         None | Some("") => 0,
-        Some(id) => id.parse().map_err(|_| {
-            Refusal::invalid("invalid_client", format!("{id:?} is not a message id"))
-        })?,
+        Some(id) => id
+            .parse::<MessageId>()
+            .map_err(|e| Refusal::invalid("invalid_client", e.to_string()))?
+            .get(),
     };
     Ok(Login {
         info: ConnInfo {
@@ -267,7 +269,7 @@ impl ClientQuery {
         state: &ServerState,
         identity: &Identity,
         last_id: Option<String>,
-        transport: &'static str,
+        transport: TransportKind,
         remote: SocketAddr,
     ) -> Result<Login, ApiError> {
         check_login(
@@ -324,7 +326,7 @@ pub struct Registration {
     hub: Arc<Hub>,
     pub conn: Arc<Conn>,
     /// Why the connection ended (a metrics label); set by the transport.
-    pub reason: &'static str,
+    pub reason: EndReason,
     /// The WebSocket close code the server sent, if any; set by the transport.
     pub close_code: Option<u16>,
     request_id: Option<Box<str>>,
@@ -344,8 +346,9 @@ impl Registration {
                     format!("the user already has {} connections", full.0),
                 )
             })?;
-        if conn.info.transport != "poll" {
-            metrics::counter!("mps_logins_total", "transport" => conn.info.transport).increment(1);
+        if conn.info.transport != TransportKind::Poll {
+            metrics::counter!("mps_logins_total", "transport" => conn.info.transport.as_str())
+                .increment(1);
             let info = &conn.info;
             tracing::info!(
                 target: CONNECTIONS,
@@ -354,7 +357,7 @@ impl Registration {
                 user = %info.user,
                 agent = %info.agent,
                 device = info.device.as_deref(),
-                transport = info.transport,
+                transport = info.transport.as_str(),
                 remote = %info.remote,
                 node = state.hub.node(),
                 request_id = login.request_id.as_deref(),
@@ -365,7 +368,7 @@ impl Registration {
         Ok(Registration {
             hub: state.hub.clone(),
             conn,
-            reason: "client_closed",
+            reason: EndReason::ClientClosed,
             close_code: None,
             request_id: login.request_id.clone(),
         })
@@ -384,8 +387,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.unregister(&self.conn);
         let info = &self.conn.info;
-        if info.transport != "poll" {
-            metrics::counter!("mps_disconnects_total", "reason" => self.reason).increment(1);
+        if info.transport != TransportKind::Poll {
+            metrics::counter!("mps_disconnects_total", "reason" => self.reason.as_str())
+                .increment(1);
             let duration_ms = (crate::id::now_ms() as i64 - info.login).max(0);
             tracing::info!(
                 target: CONNECTIONS,
@@ -394,16 +398,16 @@ impl Drop for Registration {
                 user = %info.user,
                 agent = %info.agent,
                 device = info.device.as_deref(),
-                transport = info.transport,
+                transport = info.transport.as_str(),
                 remote = %info.remote,
                 node = self.hub.node(),
                 request_id = self.request_id.as_deref(),
-                reason = self.reason,
+                reason = self.reason.as_str(),
                 close_code = self.close_code,
                 duration_ms,
                 "client disconnected"
             );
-            crate::webhooks::client_disconnected(&self.conn, self.hub.node(), self.reason);
+            crate::webhooks::client_disconnected(&self.conn, self.hub.node(), self.reason.as_str());
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::api::openapi::{BadRequest, Forbidden, Unauthorized, Unavailable};
 use crate::api::{ApiError, Params};
 use crate::hub::Outbound;
 use crate::server::ServerState;
+use crate::words::TransportKind;
 
 /// Default and longest wait of a long poll, seconds.
 pub const DEFAULT_WAIT: u64 = 25;
@@ -62,7 +63,13 @@ pub async fn poll(
         return ApiError::invalid("bad_query", format!("timeout must be 0 to {MAX_WAIT}"))
             .into_response();
     }
-    let login = match query.login(&state, &identity, query.since.clone(), "poll", remote) {
+    let login = match query.login(
+        &state,
+        &identity,
+        query.since.clone(),
+        TransportKind::Poll,
+        remote,
+    ) {
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };

@@ -15,21 +15,22 @@ use crate::engine::{EngineError, encode};
 use crate::hub::{CloseReason, Conn, Outbound, Subscriptions};
 use crate::limits::TokenBucket;
 use crate::server::ServerState;
+use crate::words::EndReason;
 
 /// The close code and reason for a read failure.
-pub fn failure_close(failure: Failure) -> (u16, &'static str, &'static str) {
+pub fn failure_close(failure: Failure) -> (u16, &'static str, EndReason) {
     match failure {
         Failure::TooBig => {
             crate::limits::rejected(crate::limits::Limit::FrameSize);
-            (close::TOO_BIG, "frame too large", "too_big")
+            (close::TOO_BIG, "frame too large", EndReason::TooBig)
         }
-        Failure::BadUtf8 => (close::INVALID_UTF8, "invalid UTF-8", "bad_utf8"),
+        Failure::BadUtf8 => (close::INVALID_UTF8, "invalid UTF-8", EndReason::BadUtf8),
         Failure::Protocol => (
             close::WS_PROTOCOL,
             "WebSocket protocol error",
-            "ws_protocol",
+            EndReason::WsProtocol,
         ),
-        Failure::Io => (close::PROTOCOL, "connection error", "io"),
+        Failure::Io => (close::PROTOCOL, "connection error", EndReason::Io),
     }
 }
 
@@ -84,8 +85,8 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Returns the reason the session ended (a metrics label).
-    async fn drive(&mut self, socket: &mut Socket) -> &'static str {
+    /// Returns the reason the session ended.
+    async fn drive(&mut self, socket: &mut Socket) -> EndReason {
         let conn = self.conn;
         let limits = &self.state.config.connection;
         let timeout = Duration::from_secs(limits.timeout.max(1));
@@ -114,7 +115,7 @@ impl Session<'_> {
                         };
                         match written {
                             Ok(true) => {}
-                            Ok(false) => return "write_failed",
+                            Ok(false) => return EndReason::WriteFailed,
                             // Unwritten directed messages stay pending in the store.
                             Err(Stall::CloseAsked) => batch.clear(),
                             Err(Stall::Timeout) => return Box::pin(write_timeout(socket)).await,
@@ -150,10 +151,10 @@ impl Session<'_> {
                             }
                         }
                         Inbound::Alive => {}
-                        Inbound::Closed => return "client_closed",
+                        Inbound::Closed => return EndReason::ClientClosed,
                         Inbound::Failed(failure) => {
                             let (code, text, label) = failure_close(failure);
-                            count_bad_input(label);
+                            count_bad_input(label.as_str());
                             Box::pin(socket.close(code, text)).await;
                             return label;
                         }
@@ -163,22 +164,21 @@ impl Session<'_> {
         }
     }
 
-    /// Closes the connection as asked (`Conn::close`, or its queue overflowed); returns the
-    /// reason label.
+    /// Closes the connection as asked (`Conn::close`, or its queue overflowed); returns why
+    /// the session ended.
     async fn close_for(
         &self,
         socket: &mut Socket,
         reason: CloseReason,
         timeout: Duration,
-    ) -> &'static str {
-        let (code, text, label) = match reason {
+    ) -> EndReason {
+        let (code, text) = match reason {
             CloseReason::SlowConsumer => (
                 close::SLOW_CONSUMER,
                 "outbound queue overflow: reconnect to resume",
-                "slow_consumer",
             ),
-            CloseReason::Kicked => (close::KICKED, "disconnected by operator", "kicked"),
-            CloseReason::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
+            CloseReason::Kicked => (close::KICKED, "disconnected by operator"),
+            CloseReason::Shutdown => (close::GOING_AWAY, "server shutting down"),
         };
         if reason == CloseReason::SlowConsumer {
             // Out of the hub at once. The close frame waits behind what the peer has not read
@@ -189,17 +189,17 @@ impl Session<'_> {
         } else {
             socket.close(code, text).await;
         }
-        label
+        reason.end_reason()
     }
 
     /// A heartbeat: closes a peer not heard from for the connection timeout, else pings it.
     /// Returns a reason when the session must end.
-    async fn heartbeat(&mut self, socket: &mut Socket, timeout: Duration) -> Option<&'static str> {
+    async fn heartbeat(&mut self, socket: &mut Socket, timeout: Duration) -> Option<EndReason> {
         self.catchup.tidy();
         if self.last_seen.elapsed() > timeout {
             metrics::counter!("mps_heartbeat_timeouts_total").increment(1);
             socket.close(close::TIMEOUT, "heartbeat timeout").await;
-            return Some("heartbeat_timeout");
+            return Some(EndReason::HeartbeatTimeout);
         }
         let pinged = {
             let ping = std::pin::pin!(socket.ping());
@@ -207,24 +207,24 @@ impl Session<'_> {
         };
         match pinged {
             Ok(true) | Err(Stall::CloseAsked) => None,
-            Ok(false) => Some("write_failed"),
+            Ok(false) => Some(EndReason::WriteFailed),
             Err(Stall::Timeout) => Some(write_timeout(socket).await),
         }
     }
 
     /// Sends what the client is owed from the store: resume gap, topic replay, directed backlog.
-    async fn send_backlog(&mut self, socket: &mut Socket) -> Result<(), &'static str> {
+    async fn send_backlog(&mut self, socket: &mut Socket) -> Result<(), EndReason> {
         while !self.catchup.done() {
             let mut batch = match self.catchup.next(&self.state.engine, self.conn).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "reading backlog failed");
                     socket.close(close::INTERNAL, "store unavailable").await;
-                    return Err("store_error");
+                    return Err(EndReason::StoreError);
                 }
             };
             if !self.write(socket, &mut batch, false).await {
-                return Err("write_failed");
+                return Err(EndReason::WriteFailed);
             }
         }
         Ok(())
@@ -260,7 +260,7 @@ impl Session<'_> {
     }
 
     /// Handles one client text frame; returns a reason when the session must end.
-    async fn handle(&mut self, socket: &mut Socket, text: &str) -> Option<&'static str> {
+    async fn handle(&mut self, socket: &mut Socket, text: &str) -> Option<EndReason> {
         let frame: Frame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -295,7 +295,7 @@ impl Session<'_> {
                 self.reply(socket, encode(&Frame::reply(kind::CLOSE, seq)))
                     .await;
                 socket.close(close::NORMAL, "push closed").await;
-                return Some("client_closed");
+                return Some(EndReason::ClientClosed);
             }
             kind::SUBSCRIBE => {
                 let client = frame.client.unwrap_or_default();
@@ -343,7 +343,7 @@ impl Session<'_> {
         if self.reply(socket, encode(&reply)).await {
             None
         } else {
-            Some("write_failed")
+            Some(EndReason::WriteFailed)
         }
     }
 
@@ -388,15 +388,15 @@ impl Session<'_> {
         socket: &mut Socket,
         label: &'static str,
         reply: Frame,
-    ) -> Option<&'static str> {
+    ) -> Option<EndReason> {
         count_bad_input(label);
         self.errors += 1;
         if !self.reply(socket, encode(&reply)).await {
-            return Some("write_failed");
+            return Some(EndReason::WriteFailed);
         }
         if self.errors >= self.state.config.connection.max_errors {
             socket.close(close::PROTOCOL, "too many bad frames").await;
-            return Some("protocol_abuse");
+            return Some(EndReason::ProtocolAbuse);
         }
         None
     }
@@ -441,7 +441,7 @@ async fn guarded<F: Future>(
 
 /// Closes a session whose client sends frames faster than `limits.message_rate`: an error frame
 /// saying so, then close 4429.
-async fn rate_exceeded(socket: &mut Socket) -> &'static str {
+async fn rate_exceeded(socket: &mut Socket) -> EndReason {
     crate::limits::rejected(crate::limits::Limit::MessageRate);
     count_bad_input("rate_limited");
     let error = error_bytes(
@@ -452,14 +452,14 @@ async fn rate_exceeded(socket: &mut Socket) -> &'static str {
     );
     let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(error)).await;
     socket.close(close::TOO_MANY, "message rate exceeded").await;
-    "rate_limited"
+    EndReason::RateLimited
 }
 
 /// Closes a session whose peer accepted nothing for the connection timeout.
-async fn write_timeout(socket: &mut Socket) -> &'static str {
+async fn write_timeout(socket: &mut Socket) -> EndReason {
     metrics::counter!("mps_heartbeat_timeouts_total").increment(1);
     socket.close(close::TIMEOUT, "peer not reading").await;
-    "write_timeout"
+    EndReason::WriteTimeout
 }
 
 /// Frame bytes of an error reply, for the login phase.

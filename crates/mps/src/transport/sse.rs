@@ -17,8 +17,9 @@ use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, verify_client};
 use crate::api::Params;
 use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
-use crate::hub::{CloseReason, Outbound};
+use crate::hub::Outbound;
 use crate::server::ServerState;
+use crate::words::{EndReason, TransportKind};
 
 /// Milliseconds `EventSource` waits before reconnecting.
 const RETRY_MS: u64 = 3000;
@@ -55,7 +56,7 @@ pub async fn sse(
         Err(e) => return e.into_response(),
     };
     let resume = query.resume_id(&headers);
-    let mut login = match query.login(&state, &identity, resume, "sse", remote) {
+    let mut login = match query.login(&state, &identity, resume, TransportKind::Sse, remote) {
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };
@@ -109,7 +110,7 @@ impl Stream {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reading backlog failed");
-                    self.registration.reason = "store_error";
+                    self.registration.reason = EndReason::StoreError;
                     return None;
                 }
             }
@@ -118,11 +119,7 @@ impl Stream {
             conn.wait().await;
             let drained = conn.drain(&mut self.batch);
             if let Some(reason) = drained.closing {
-                self.registration.reason = match reason {
-                    CloseReason::SlowConsumer => "slow_consumer",
-                    CloseReason::Kicked => "kicked",
-                    CloseReason::Shutdown => "shutdown",
-                };
+                self.registration.reason = reason.end_reason();
                 return None;
             }
             if !self.batch.is_empty() {

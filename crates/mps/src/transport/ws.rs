@@ -20,6 +20,7 @@ use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
 use crate::api::{ApiError, Params};
 use crate::engine::encode;
 use crate::server::ServerState;
+use crate::words::TransportKind;
 
 /// WebSocket, Message Push Protocol.
 ///
@@ -94,7 +95,7 @@ async fn open(
         Inbound::Text(text) => text,
         Inbound::Failed(failure) => {
             let (code, reason, label) = failure_close(failure);
-            count_bad_input(label);
+            count_bad_input(label.as_str());
             socket.close(code, reason).await;
             return None;
         }
@@ -206,7 +207,7 @@ fn check_open(
         topics: client.topics.unwrap_or_default(),
         last_id: client.last_id,
     };
-    let login = super::check_login(state, &identity, request, "websocket", remote)
+    let login = super::check_login(state, &identity, request, TransportKind::Websocket, remote)
         .map_err(|r| (r.close_code(), seq, r.code, r.message))?;
     Ok((seq, login))
 }
@@ -242,7 +243,13 @@ pub async fn simple_ws(
         Err(e) => return e.into_response(),
     };
     let resume = query.resume_id(&headers);
-    let mut login = match query.login(&state, &identity, resume, "websocket-simple", remote) {
+    let mut login = match query.login(
+        &state,
+        &identity,
+        resume,
+        TransportKind::WebsocketSimple,
+        remote,
+    ) {
         Ok(login) => login,
         Err(e) => return e.into_response(),
     };
