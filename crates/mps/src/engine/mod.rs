@@ -3,13 +3,15 @@
 //! a (re)connecting client is owed, and records deliveries and acks.
 //!
 //! - [`send`]: accepting a message, step by step (check, address, compose, choose channels,
-//!   write, fan out); [`recipients`]: who a message goes to.
+//!   write, fan out); [`recipients`]: who a message goes to; [`channels`]: which channels it
+//!   takes besides the live one.
 //! - [`catchup`]: what a client is owed from the store, for every transport and after the
 //!   broker reconnects.
 //! - [`deliveries`]: delivery records and their background recorder; [`acks`]: acks and pulls.
 
 mod acks;
 pub mod catchup;
+mod channels;
 mod deliveries;
 mod recipients;
 mod send;
