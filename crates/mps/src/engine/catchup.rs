@@ -264,3 +264,93 @@ impl Engine {
         tracing::info!(sent, "caught up the local connections after a reconnect");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+    use tokio::sync::watch;
+
+    use crate::broker::{Broker, BrokerError};
+    use crate::config::Config;
+    use crate::engine::Engine;
+    use crate::hub::{ConnInfo, Envelope, Hub, Subscriptions};
+    use crate::presence::LocalPresence;
+    use crate::push::fallback::Fallback;
+    use crate::store::Store;
+    use crate::store::sqlite::SqliteStore;
+
+    /// A broker cut off from the other nodes: nothing published reaches a connection until it
+    /// reports a reconnect.
+    struct CutOff {
+        reconnects: watch::Sender<u64>,
+        lately: Mutex<HashSet<u64>>,
+    }
+
+    #[async_trait]
+    impl Broker for CutOff {
+        async fn publish(&self, _envelope: Envelope) -> Result<usize, BrokerError> {
+            Ok(0)
+        }
+
+        fn reconnected(&self) -> watch::Receiver<u64> {
+            self.reconnects.subscribe()
+        }
+
+        fn delivered_lately(&self, id: u64) -> bool {
+            self.lately.lock().contains(&id)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_catches_connections_up_less_what_was_delivered_lately() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let hub = Arc::new(Hub::new("n", 0, 64));
+        let presence = Arc::new(LocalPresence::new(hub.clone()));
+        let broker = Arc::new(CutOff {
+            reconnects: watch::channel(0).0,
+            lately: Mutex::default(),
+        });
+        let push = Fallback::start(store.clone(), presence.clone(), Arc::default());
+        let config = Config::default();
+        let engine = Engine::new(store, broker.clone(), presence, &config, push);
+        tokio::spawn(engine.clone().catch_up_after_reconnects(hub.clone()));
+        let info = ConnInfo {
+            app: "default".into(),
+            user: "gina".into(),
+            agent: "bs".into(),
+            device: None,
+            transport: "websocket",
+            login: 0,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            topic_claim: None,
+        };
+        let conn = hub.register(info, Subscriptions::default()).unwrap();
+
+        let mut ids = Vec::new();
+        for n in 0..2 {
+            let body = format!(r#"{{"content": {{"n": {n}}}, "receiver": ["gina"]}}"#);
+            let sent = engine.send(serde_json::from_str(&body).unwrap()).await;
+            ids.push(sent.unwrap().id.parse::<u64>().unwrap());
+        }
+        broker.lately.lock().insert(ids[0]);
+        broker.reconnects.send_replace(ids[0]);
+
+        let mut drained = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while drained.is_empty() {
+                conn.wait().await;
+                conn.drain(&mut drained);
+            }
+        })
+        .await
+        .expect("the connection is caught up");
+        let got: Vec<(u64, bool)> = drained.iter().map(|o| (o.id, o.directed)).collect();
+        assert_eq!(got, [(ids[1], true)]);
+    }
+}
