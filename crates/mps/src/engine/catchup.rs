@@ -154,7 +154,7 @@ impl CatchUp {
 }
 
 /// The `Type` 10 frame telling a client that its topics' history was cut.
-pub fn reset_frame(patterns: Vec<String>) -> Frame {
+fn reset_frame(patterns: Vec<String>) -> Frame {
     Frame {
         topics: Some(patterns),
         error: Some(ErrorBody {

@@ -2,15 +2,16 @@
 //! makes directed ones durable before answering, publishes them through the broker, decides what
 //! a (re)connecting client is owed, and records deliveries and acks.
 //!
-//! - [`send`]: accepting a message, step by step (check, address, compose, choose channels,
-//!   write, fan out); [`recipients`]: who a message goes to; [`channels`]: which channels it
+//! - `send.rs`: accepting a message, step by step (check, address, compose, choose channels,
+//!   write, fan out); `recipients.rs`: who a message goes to; `channels.rs`: which channels it
 //!   takes besides the live one.
-//! - [`catchup`]: what a client is owed from the store, for every transport and after the
+//! - `catchup.rs`: what a client is owed from the store, for every transport and after the
 //!   broker reconnects.
-//! - [`deliveries`]: delivery records and their background recorder; [`acks`]: acks and pulls.
+//! - `deliveries.rs`: delivery records and their background recorder; `acks.rs`: acks and
+//!   pulls.
 
 mod acks;
-pub mod catchup;
+mod catchup;
 mod channels;
 mod deliveries;
 mod recipients;
@@ -90,7 +91,7 @@ pub struct Engine {
     topics: TopicsConfig,
     /// Per-app format templates (`[apps.<app>.formats.<agent>]`).
     templates: HashMap<String, BTreeMap<String, Template>>,
-    /// The queue of the delivery recorder ([`deliveries`]).
+    /// The queue of the delivery recorder (`deliveries.rs`).
     delivered: mpsc::Sender<deliveries::Delivered>,
     /// Directed messages go on to the recipients' registered devices through it.
     push: Arc<Fallback>,
