@@ -199,7 +199,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let hub = Hub::new(&node, config.node_id, config.connection.queue)
         .with_user_limit(config.limits.connections_per_user);
     let (hub, broker, presence): crate::cluster::Joined = match &config.cluster.redis_url {
-        Some(url) => crate::cluster::join(&config, url, hub, store.clone())?,
+        Some(url) => crate::cluster::join(&config, url, hub)?,
         None => {
             let hub = Arc::new(hub);
             (
@@ -212,6 +212,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let push = crate::push::fallback::Fallback::start(store.clone(), presence.clone(), pushers);
     crate::channels::chain::start(store.clone(), push.clone());
     let engine = Engine::new(store.clone(), broker, presence.clone(), &config, push);
+    tokio::spawn(engine.clone().catch_up_after_reconnects(hub.clone()));
     let ingest = Ingest::start(&config.ingest, engine.clone(), config.messages.max_body)
         .context("message queue ingestion")?;
     let tls = crate::tls::Tls::from_config(&config.tls)

@@ -63,6 +63,8 @@ fn bare_char(c: char) -> bool {
     !c.is_whitespace() && !c.is_control() && !matches!(c, '(' | ')' | '"')
 }
 
+type Chars<'a> = std::iter::Peekable<std::str::CharIndices<'a>>;
+
 /// Splits the text into tokens with their byte positions.
 fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, AudienceError> {
     let mut tokens = Vec::new();
@@ -91,27 +93,8 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, AudienceError> {
         }
         let word = &text[at..end];
         if chars.peek().map(|&(_, c)| c) != Some(':') {
-            let keyword = match word.to_ascii_uppercase().as_str() {
-                "AND" => Some(Token::And),
-                "OR" => Some(Token::Or),
-                "NOT" => Some(Token::Not),
-                _ => None,
-            };
-            match keyword {
-                Some(token) => {
-                    tokens.push((at, token));
-                    continue;
-                }
-                None if word.is_empty() => {
-                    return Err(error(at, format!("unexpected {c:?}")));
-                }
-                None => {
-                    return Err(error(
-                        at,
-                        format!("expected a term key:value or AND, OR, NOT; found {word:?}"),
-                    ));
-                }
-            }
+            tokens.push((at, keyword(word, at, c)?));
+            continue;
         }
         if !valid_key(word) {
             return Err(error(
@@ -123,35 +106,7 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, AudienceError> {
         }
         chars.next(); // the ':'
         let value_at = end + 1;
-        let value = if chars.peek().map(|&(_, c)| c) == Some('"') {
-            chars.next();
-            let mut value = String::new();
-            loop {
-                match chars.next() {
-                    None => return Err(error(value_at, "unterminated quoted value")),
-                    Some((_, '"')) => break,
-                    Some((i, '\\')) => match chars.next() {
-                        Some((_, c @ ('"' | '\\'))) => value.push(c),
-                        _ => return Err(error(i, "only \\\" and \\\\ may be escaped")),
-                    },
-                    Some((i, c)) if c.is_control() => {
-                        return Err(error(i, "control characters are not allowed in a value"));
-                    }
-                    Some((_, c)) => value.push(c),
-                }
-            }
-            value
-        } else {
-            let mut value_end = value_at;
-            while let Some(&(i, c)) = chars.peek() {
-                if !bare_char(c) {
-                    break;
-                }
-                value_end = i + c.len_utf8();
-                chars.next();
-            }
-            text[value_at..value_end].to_owned()
-        };
+        let value = value(text, &mut chars, value_at)?;
         if !valid_value(&value) {
             return Err(error(
                 value_at,
@@ -168,6 +123,57 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, AudienceError> {
         ));
     }
     Ok(tokens)
+}
+
+/// A word not followed by ':' (`c` is the character it starts at): AND, OR or NOT.
+fn keyword(word: &str, at: usize, c: char) -> Result<Token, AudienceError> {
+    match word.to_ascii_uppercase().as_str() {
+        "AND" => Ok(Token::And),
+        "OR" => Ok(Token::Or),
+        "NOT" => Ok(Token::Not),
+        _ if word.is_empty() => Err(error(at, format!("unexpected {c:?}"))),
+        _ => Err(error(
+            at,
+            format!("expected a term key:value or AND, OR, NOT; found {word:?}"),
+        )),
+    }
+}
+
+/// A term's value starting at byte `at`, just after its ':': quoted, or bare up to the next
+/// space, parenthesis or quote.
+fn value(text: &str, chars: &mut Chars, at: usize) -> Result<String, AudienceError> {
+    if chars.peek().map(|&(_, c)| c) == Some('"') {
+        chars.next();
+        return quoted(chars, at);
+    }
+    let mut end = at;
+    while let Some(&(i, c)) = chars.peek() {
+        if !bare_char(c) {
+            break;
+        }
+        end = i + c.len_utf8();
+        chars.next();
+    }
+    Ok(text[at..end].to_owned())
+}
+
+/// A quoted value after its opening quote, which is at byte `at`; `\"` and `\\` are its escapes.
+fn quoted(chars: &mut Chars, at: usize) -> Result<String, AudienceError> {
+    let mut value = String::new();
+    loop {
+        match chars.next() {
+            None => return Err(error(at, "unterminated quoted value")),
+            Some((_, '"')) => return Ok(value),
+            Some((i, '\\')) => match chars.next() {
+                Some((_, c @ ('"' | '\\'))) => value.push(c),
+                _ => return Err(error(i, "only \\\" and \\\\ may be escaped")),
+            },
+            Some((i, c)) if c.is_control() => {
+                return Err(error(i, "control characters are not allowed in a value"));
+            }
+            Some((_, c)) => value.push(c),
+        }
+    }
 }
 
 struct Parser {

@@ -8,6 +8,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::hub::{Envelope, Hub};
 
@@ -31,6 +32,20 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the broker can reach what it needs (for `/readyz`).
     async fn check(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// Changes each time the broker is back in touch with the other nodes after losing them:
+    /// the value is the first message id this node's connections may have missed meanwhile.
+    /// Whoever holds the connections catches them up from the store.
+    fn reconnected(&self) -> watch::Receiver<u64> {
+        // A broker that never loses touch: the sender is gone, so waiting ends at once.
+        watch::channel(0).1
+    }
+
+    /// Whether this node delivered the message lately, so that a catch-up after a reconnect
+    /// need not send it again.
+    fn delivered_lately(&self, _id: u64) -> bool {
+        false
     }
 }
 

@@ -10,11 +10,11 @@
 //! per app); a node skips what it published itself when it comes back from Redis.
 //!
 //! When the subscriber connection drops (Redis restarted, network), the node reconnects,
-//! subscribes to everything its connections need again, and then *resyncs*: every local
-//! connection is sent what the store holds for it that may have been published meanwhile
-//! (pending directed messages; topic messages since shortly before the loss), skipping ids this
-//! node delivered recently. Component and broadcast messages published during the outage are
-//! live only and are lost, as documented.
+//! subscribes to everything its connections need again, and then reports it through
+//! [`Broker::reconnected`] with the first id published since shortly before the loss. The
+//! engine catches every local connection up from the store, as for a client resuming from that
+//! id, skipping ids this node delivered recently ([`Broker::delivered_lately`]). Component and
+//! broadcast messages published during the outage are live only and are lost, as documented.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,24 +25,22 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use super::wire::encode_kick;
 use super::wire::{self, Received};
 use super::{Broker, BrokerError};
 use crate::cluster::{Cluster, run};
-use crate::engine::{BACKLOG_PAGE, MAX_REPLAY, encode_push};
-use crate::hub::{CloseReason, Envelope, Hub, HubEvent, Outbound, Target};
-use crate::store::Store;
+use crate::hub::{CloseReason, Envelope, Hub, HubEvent, Target};
 
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
 const CHUNK: usize = 1000;
 /// Pause between attempts to reach Redis again.
 const RETRY: Duration = Duration::from_millis(500);
-/// How far before the loss of the subscriber connection a resync looks for topic messages
+/// How far before the loss of the subscriber connection the catch-up after a reconnect starts
 /// (covers publications in flight and clock differences between nodes).
 const RESYNC_MARGIN: Duration = Duration::from_secs(10);
-/// Ids of messages recently delivered on this node, to keep a resync from repeating them.
+/// Ids of messages recently delivered on this node, to keep a catch-up from repeating them.
 const RECENT: usize = 65_536;
 /// How often the subscriber connection is pinged: a connection that died without a word (a
 /// network partition) is noticed within this plus the command timeout.
@@ -53,6 +51,8 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     recent: Arc<Recent>,
     barriers: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    /// Never read here, so that every clone handed out sees each reconnect since the start.
+    reconnected: watch::Receiver<u64>,
 }
 
 impl RedisBroker {
@@ -60,7 +60,6 @@ impl RedisBroker {
     pub fn start(
         cluster: Arc<Cluster>,
         hub: Arc<Hub>,
-        store: Arc<dyn Store>,
         events: mpsc::UnboundedReceiver<HubEvent>,
     ) -> redis::RedisResult<RedisBroker> {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
@@ -70,6 +69,7 @@ impl RedisBroker {
         )?;
         let (barriers, barrier_rx) = mpsc::unbounded_channel();
         let recent = Arc::new(Recent::default());
+        let (reconnects, reconnected) = watch::channel(0);
         let lost = Arc::new(Notify::new());
         tokio::spawn(receive(
             push_rx,
@@ -83,11 +83,9 @@ impl RedisBroker {
             cluster: cluster.clone(),
             wanted: HashSet::from([cluster.node_channel(cluster.node_id)]),
             connected: false,
-            // Connections registered before the first subscription get a resync too.
+            // Connections registered before the first subscription are caught up too.
             lost_at: Some(Instant::now()),
-            hub: hub.clone(),
-            store,
-            recent: recent.clone(),
+            reconnects,
         };
         tokio::spawn(subscriptions.run(events, barrier_rx, lost));
         Ok(RedisBroker {
@@ -95,6 +93,7 @@ impl RedisBroker {
             hub,
             recent,
             barriers,
+            reconnected,
         })
     }
 }
@@ -139,7 +138,7 @@ impl Broker for RedisBroker {
     async fn ready(&self) {
         let (tx, rx) = oneshot::channel();
         if self.barriers.send(tx).is_ok() {
-            // Answered at once while Redis is down (the resync covers that case).
+            // Answered at once while Redis is down (the catch-up after it covers that case).
             let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
         }
     }
@@ -149,6 +148,14 @@ impl Broker for RedisBroker {
             .ping()
             .await
             .map_err(|e| BrokerError::Unavailable(format!("Redis: {e}")))
+    }
+
+    fn reconnected(&self) -> watch::Receiver<u64> {
+        self.reconnected.clone()
+    }
+
+    fn delivered_lately(&self, id: u64) -> bool {
+        self.recent.contains(id)
     }
 }
 
@@ -196,11 +203,10 @@ struct Subscriptions {
     /// Channels this node needs, whether or not Redis has them now.
     wanted: HashSet<String>,
     connected: bool,
-    /// When the subscriber connection was lost, for the resync after it is back.
+    /// When the subscriber connection was lost, for the catch-up after it is back.
     lost_at: Option<Instant>,
-    hub: Arc<Hub>,
-    store: Arc<dyn Store>,
-    recent: Arc<Recent>,
+    /// Tells the connections' owner about each reconnect ([`Broker::reconnected`]).
+    reconnects: watch::Sender<u64>,
 }
 
 impl Subscriptions {
@@ -328,7 +334,7 @@ impl Subscriptions {
         Ok(())
     }
 
-    /// Subscribes to every wanted channel on a fresh connection, then resyncs.
+    /// Subscribes to every wanted channel on a fresh connection, then reports the reconnect.
     async fn reconnect(&mut self) {
         let mut subscriber = self.subscriber.clone();
         if run(redis::cmd("PING").query_async::<()>(&mut subscriber))
@@ -347,94 +353,13 @@ impl Subscriptions {
         if let Some(lost_at) = self.lost_at.take() {
             tracing::info!(
                 channels = wanted.len(),
-                "Redis subscriber connection back; resyncing local connections"
+                "Redis subscriber connection back; catching up local connections"
             );
-            tokio::spawn(resync(
-                self.hub.clone(),
-                self.store.clone(),
-                self.recent.clone(),
-                lost_at,
-            ));
+            let since = crate::id::now_ms()
+                .saturating_sub((lost_at.elapsed() + RESYNC_MARGIN).as_millis() as u64);
+            self.reconnects.send_replace(crate::id::first_id_at(since));
         }
     }
-}
-
-/// Sends every local connection what it may have missed while the subscriber connection was
-/// down: its pending directed messages and its topics' messages since shortly before the loss.
-async fn resync(hub: Arc<Hub>, store: Arc<dyn Store>, recent: Arc<Recent>, lost_at: Instant) {
-    let lost_ms =
-        crate::id::now_ms().saturating_sub((lost_at.elapsed() + RESYNC_MARGIN).as_millis() as u64);
-    let after_topic = crate::id::first_id_at(lost_ms);
-    let mut sent = 0usize;
-    for conn in hub.list() {
-        if conn.closing().is_some() {
-            continue;
-        }
-        let info = &conn.info;
-        let mut after = 0;
-        loop {
-            let page = match store
-                .pending(
-                    &info.app,
-                    &info.user,
-                    Some(&info.agent),
-                    after,
-                    BACKLOG_PAGE,
-                )
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e, "resync: reading pending messages failed");
-                    break;
-                }
-            };
-            let full = page.len() == BACKLOG_PAGE;
-            let before = after;
-            for message in &page {
-                let Some(id) = crate::id::read_back(&message.id) else {
-                    continue;
-                };
-                after = id;
-                if !recent.contains(id) {
-                    sent += 1;
-                    conn.push(Outbound {
-                        frame: encode_push(message),
-                        id,
-                        directed: true,
-                    });
-                }
-            }
-            // A page of ids that do not parse would be read again for ever.
-            if !full || after == before {
-                break;
-            }
-        }
-        let topics = conn.subscriptions().topics;
-        if topics.is_empty() {
-            continue;
-        }
-        match store
-            .topic_since(&info.app, &topics, after_topic, MAX_REPLAY)
-            .await
-        {
-            Ok(replay) => {
-                for entry in replay.entries {
-                    if !recent.contains(entry.id) {
-                        sent += 1;
-                        conn.push(Outbound {
-                            frame: entry.frame,
-                            id: entry.id,
-                            directed: false,
-                        });
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "resync: reading topic logs failed"),
-        }
-    }
-    metrics::counter!("mps_cluster_resynced_total").increment(sent as u64);
-    tracing::info!(sent, "resync done");
 }
 
 /// Ids of messages delivered on this node lately (bounded, oldest forgotten first).

@@ -1,6 +1,7 @@
 //! Client transports. Each one authenticates, checks what the client asks for, registers the
-//! connection with the hub, sends what the client is owed ([`catchup`]) and then live pushes;
-//! none holds delivery logic of its own.
+//! connection with the hub, sends what the client is owed (the engine's
+//! [`CatchUp`](crate::engine::CatchUp)) and then live pushes; none holds delivery logic of its
+//! own.
 //!
 //! - [`ws`]: `GET /ws` (the Message Push Protocol; the first frame carries the token) and
 //!   `GET /websocket/{token}` (token checked before the upgrade), both driven by [`session`];
@@ -11,7 +12,6 @@
 //! - [`socket`]: the seam to the WebSocket library.
 //! - [`echo`]: a WebSocket echo for the conformance suite, off unless configured.
 
-pub mod catchup;
 pub mod echo;
 pub mod poll;
 pub mod push_mode;

@@ -12,10 +12,10 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use mps_proto::{Frame, PushedMessage};
 
-use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, count_bad_input, verify_client};
 use crate::api::openapi::{BadRequest, Forbidden, Unauthorized, Unavailable};
 use crate::api::{ApiError, Params};
+use crate::engine::CatchUp;
 use crate::hub::Outbound;
 use crate::server::ServerState;
 use crate::words::TransportKind;

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mps_proto::{ClientInfo, Frame, close, frame::kind};
 
-use super::catchup::CatchUp;
 use super::socket::{CLOSE_WAIT, Failure, Inbound, Socket};
 use super::{Registration, count_bad_input};
-use crate::engine::{EngineError, encode};
+use crate::engine::{CatchUp, EngineError, encode};
 use crate::hub::{CloseReason, Conn, Outbound, Subscriptions};
 use crate::limits::TokenBucket;
 use crate::server::ServerState;

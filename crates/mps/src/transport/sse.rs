@@ -13,10 +13,10 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, verify_client};
 use crate::api::Params;
 use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
+use crate::engine::CatchUp;
 use crate::hub::Outbound;
 use crate::server::ServerState;
 use crate::words::{EndReason, TransportKind};
