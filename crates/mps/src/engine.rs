@@ -15,9 +15,8 @@ use tokio::sync::mpsc;
 use crate::audience::Audience;
 use crate::auth::DEFAULT_APP;
 use crate::broker::Broker;
-use crate::config::{Config, MessagesConfig, TopicsConfig};
-use crate::formats::Template;
-use crate::hub::{AgentFilter, Envelope, Target};
+use crate::config::{Config, MessagesConfig, Template, TopicsConfig};
+use crate::hub::{Envelope, Target};
 use crate::id::{IdGen, now_ms};
 use crate::presence::{Presence, PresenceError};
 use crate::push::fallback::{Fallback, Job};
@@ -26,10 +25,8 @@ use crate::store::{
     Claimed, IdempotencyKey, KeyedWrite, NewMessage, Store, StoreError, TopicEntry, TopicReplay,
 };
 use crate::webhooks;
+use crate::words::{AgentFilter, Invalid, MAX_TITLE, check_name, invalid};
 
-/// Longest user, component, agent, app or sender name.
-pub const MAX_NAME: usize = 256;
-pub const MAX_TITLE: usize = 1024;
 /// Most ids one ack may carry.
 pub const MAX_ACK_IDS: usize = 1000;
 /// Messages fetched from the store per backlog page.
@@ -51,22 +48,10 @@ pub enum EngineError {
     Presence(#[from] PresenceError),
 }
 
-pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> EngineError {
-    EngineError::Invalid {
-        code,
-        message: message.into(),
+impl From<Invalid> for EngineError {
+    fn from(Invalid { code, message }: Invalid) -> Self {
+        EngineError::Invalid { code, message }
     }
-}
-
-/// Checks a user, component, agent, app or sender name.
-pub fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
-    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(invalid(
-            "invalid_name",
-            format!("{what} must be 1 to {MAX_NAME} bytes without control characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// Serializes a frame once; the bytes are shared by every connection it goes to.
@@ -259,8 +244,8 @@ impl Engine {
             ));
         }
         if let Some(topic) = &req.topic {
-            crate::topic::check_topic(topic, self.topics.limits())
-                .map_err(|e| invalid("invalid_topic", e.0))?;
+            crate::limits::check_topic(topic, self.topics.limits())
+                .map_err(|e| invalid::<EngineError>("invalid_topic", e.message))?;
             if recipients.is_some() {
                 return Err(invalid(
                     "topic_with_receiver",
@@ -364,7 +349,7 @@ impl Engine {
                             formats: shapes
                                 .iter()
                                 .filter_map(|(name, shape)| {
-                                    crate::push::Way::parse(name).map(|way| (way, shape.clone()))
+                                    crate::words::Way::parse(name).map(|way| (way, shape.clone()))
                                 })
                                 .collect(),
                         },
@@ -669,8 +654,8 @@ impl Engine {
                 "channels apply to directed messages (with receiver)",
             ));
         }
-        let chain = crate::channels::check_chain(channels, ttl)
-            .map_err(|e| invalid("invalid_channels", e))?;
+        let chain = crate::words::check_chain(channels, ttl)
+            .map_err(|e| invalid::<EngineError>("invalid_channels", e))?;
         if let Some((channel, _)) = chain
             .iter()
             .find(|(c, _)| !crate::channels::configured(app, c))
@@ -713,7 +698,7 @@ impl Engine {
                     .channels
                     .iter()
                     .filter_map(|choice| {
-                        let step = crate::channels::check_chain(std::slice::from_ref(choice), ttl)
+                        let step = crate::words::check_chain(std::slice::from_ref(choice), ttl)
                             .ok()?
                             .pop()?;
                         crate::channels::configured(app, step.0).then_some(step)
@@ -749,8 +734,8 @@ impl Engine {
                 ));
             }
         }
-        let audience =
-            Audience::parse(text).map_err(|e| invalid("invalid_audience", e.to_string()))?;
+        let audience = Audience::parse(text)
+            .map_err(|e| invalid::<EngineError>("invalid_audience", e.to_string()))?;
         if audience.users.is_none() && !req.live {
             return Err(invalid(
                 "invalid_audience",

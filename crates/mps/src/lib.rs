@@ -48,6 +48,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod formats;
+pub mod http;
 pub mod hub;
 pub mod id;
 pub mod ingest;

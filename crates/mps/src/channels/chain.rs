@@ -17,8 +17,9 @@ use tokio::sync::Notify;
 
 use super::email::{self, Email};
 use crate::push::fallback::{Fallback, Job};
-use crate::push::{Notification, Priority, Way};
+use crate::push::{Notification, Priority};
 use crate::store::{DueStep, StepRecord, Store};
+use crate::words::Way;
 
 /// How long a claimed step waits before it is taken again when it was not settled.
 pub const RETRY_AFTER_MS: i64 = 5 * 60_000;
@@ -36,7 +37,7 @@ pub fn nudge() {
 
 /// Starts the runner. Call once, in a runtime.
 pub fn start(store: Arc<dyn Store>, fallback: Arc<Fallback>) {
-    for channel in super::NAMES {
+    for channel in crate::words::chain::NAMES {
         for result in ["run", "cancelled"] {
             metrics::counter!("mps_channel_steps_total", "channel" => channel, "result" => result)
                 .absolute(0);

@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use mps_proto::{Frame, PushedMessage};
 
 use super::catchup::CatchUp;
-use super::{ClientQuery, Registration, count_bad_input, verify_client};
-use crate::api::openapi::{BadRequest, Forbidden, Unauthorized, Unavailable};
-use crate::api::{ApiError, Params};
+use super::{ClientQuery, Registration, verify_client};
+use crate::http::{ApiError, Params};
+use crate::http::{BadRequest, Forbidden, Unauthorized, Unavailable};
 use crate::hub::Outbound;
+use crate::limits::count_bad_input;
 use crate::server::ServerState;
 
 /// Default and longest wait of a long poll, seconds.

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mps_proto::{ClientInfo, Frame, close, frame::kind};
 
+use super::Registration;
 use super::catchup::CatchUp;
 use super::socket::{CLOSE_WAIT, Failure, Inbound, Socket};
-use super::{Registration, count_bad_input};
 use crate::engine::{EngineError, encode};
 use crate::hub::{CloseReason, Conn, Outbound, Subscriptions};
-use crate::limits::TokenBucket;
+use crate::limits::{TokenBucket, count_bad_input};
 use crate::server::ServerState;
 
 /// The close code and reason for a read failure.

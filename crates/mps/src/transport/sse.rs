@@ -15,8 +15,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::catchup::CatchUp;
 use super::{ClientQuery, Registration, verify_client};
-use crate::api::Params;
-use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
+use crate::http::Params;
+use crate::http::{BadRequest, Forbidden, Unauthorized};
 use crate::hub::{CloseReason, Outbound};
 use crate::server::ServerState;
 

@@ -1,3 +1,13 @@
 //! The shared vocabulary: the small types and checks that several layers speak of (ways of
 //! reaching a device, channels, transport kinds, name checks, the invalid-input error). It
 //! imports nothing from the rest of the crate but `id` and `topic`, so every module may use it.
+
+mod agents;
+pub mod chain;
+mod device;
+mod names;
+
+pub use agents::AgentFilter;
+pub use chain::check_chain;
+pub use device::{Device, Way};
+pub use names::{Invalid, MAX_NAME, MAX_TITLE, check_name, invalid};
