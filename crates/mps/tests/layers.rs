@@ -169,7 +169,12 @@ fn edges(files: &[(String, String)]) -> Vec<Edge> {
                     from: module.clone(),
                     to: target,
                     file: format!("src/{file}"),
-                    path: path.join("::"),
+                    path: path
+                        .iter()
+                        .filter(|p| *p != "self")
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("::"),
                 });
             }
         }

@@ -10,9 +10,10 @@
 //!
 //! Modules: [`devices`] checks, opens and closes push modes (API and protocol alike);
 //! [`fallback`] is the engine's bounded background queue of vendor pushes; [`apns`], [`fcm`] and
-//! [`webpush`] are the vendor clients; `vendors.rs` builds them from the configuration
-//! ([`Pushers::from_config`]) and holds what they share (HTTPS client, retries, concurrency
-//! limit, metrics). What goes on the wire: docs/push.md.
+//! [`webpush`] are the vendor clients, built from the configuration here
+//! ([`Pushers::from_config`]); `vendors.rs` holds what they share (HTTPS client, retries,
+//! concurrency limit, metrics). The configuration types are in [`crate::config`]. What goes on
+//! the wire: docs/push.md.
 
 pub mod apns;
 pub mod devices;
@@ -24,9 +25,12 @@ pub mod webpush;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use vendors::Retry;
 
 use crate::config::{ApnsConfig, FcmConfig, PushConfig, WebPushConfig};
 use crate::words::{Device, Way};
@@ -114,6 +118,38 @@ pub struct Pushers {
 }
 
 impl Pushers {
+    /// Builds the vendor clients of every app in `[push.apps]`. Reads and checks every key
+    /// file now (signing a token with each key), so bad credentials stop the server at start
+    /// with the offending setting named, not at the first push.
+    pub fn from_config(config: &PushConfig) -> anyhow::Result<Pushers> {
+        anyhow::ensure!(config.attempts >= 1, "push.attempts must be at least 1");
+        anyhow::ensure!(
+            config.concurrency >= 1,
+            "push.concurrency must be at least 1"
+        );
+        let [apns_retry, fcm_retry, webpush_retry] = Way::ALL.map(|way| Retry::new(way, config));
+        let mut pushers = Pushers::default();
+        for (app, vendors) in &config.apps {
+            if let Some(apns) = &vendors.apns {
+                let client = apns::Apns::new(apns, apns_retry.clone(), config)
+                    .with_context(|| format!("[push.apps.{app}.apns]"))?;
+                pushers.insert(app, Arc::new(client));
+            }
+            if let Some(fcm) = &vendors.fcm {
+                let client = fcm::Fcm::new(fcm, fcm_retry.clone(), config)
+                    .with_context(|| format!("[push.apps.{app}.fcm]"))?;
+                pushers.insert(app, Arc::new(client));
+            }
+            if let Some(webpush) = &vendors.webpush {
+                let client = webpush::WebPush::new(webpush, webpush_retry.clone(), config)
+                    .with_context(|| format!("[push.apps.{app}.webpush]"))?;
+                pushers.set_vapid_public_key(app, client.public_key().to_owned());
+                pushers.insert(app, Arc::new(client));
+            }
+        }
+        Ok(pushers)
+    }
+
     /// Adds (or replaces) the vendor client of `app` for its way.
     pub fn insert(&mut self, app: &str, vendor: Arc<dyn Vendor>) {
         self.vendors.insert((app.to_owned(), vendor.way()), vendor);
