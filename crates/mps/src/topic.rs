@@ -7,7 +7,8 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicError {
     pub message: String,
-    /// The limit the name is over, when that is why it was refused: `crate::limits` counts it.
+    /// The limit the name is over, when that is why it was refused (the `limits` module counts
+    /// it).
     pub exceeded: Option<Exceeded>,
 }
 

@@ -1,5 +1,5 @@
-//! `[ingest]`: the message queues mps consumes (RabbitMQ, NATS JetStream), read by
-//! [`crate::ingest`].
+//! `[ingest]`: the message queues mps consumes (RabbitMQ, NATS JetStream), read by the
+//! `ingest` module.
 
 use serde::{Deserialize, Serialize};
 

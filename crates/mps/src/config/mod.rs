@@ -1,5 +1,7 @@
-//! Configuration: defaults, then a TOML file, then `MPS_*` environment variables, then
-//! command-line flags (later wins). `mps serve --print-config` shows the merged result.
+//! Configuration: every section's type (the larger ones in `ingest.rs`, `push.rs` and
+//! `webhooks.rs`), and how they merge: defaults, then a TOML file, then `MPS_*` environment
+//! variables, then command-line flags (later wins). `mps serve --print-config` shows the merged
+//! result. It imports only the shared words, so every layer may read its own section.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,6 +1,5 @@
-//! `[push]`: the vendors' credentials per app and the rules for device data, read by
-//! [`crate::push`], and the other channels of each app (`.webhook`, `.email`), read by
-//! [`crate::channels`].
+//! `[push]`: the vendors' credentials per app and the rules for device data, read by the `push`
+//! module, and the other channels of each app (`.webhook`, `.email`), read by `channels`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
-//! `[[webhooks]]`: the back ends told of client and message events, read by
-//! [`crate::webhooks`].
+//! `[[webhooks]]`: the back ends told of client and message events, read by the `webhooks`
+//! module.
 
 use serde::{Deserialize, Serialize};
 
