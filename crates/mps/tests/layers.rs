@@ -434,43 +434,43 @@ fn without_tests(code: &str) -> (String, Vec<String>) {
 /// or `super`: inline ones, and each leaf of a `use` tree.
 fn paths(code: &str, root: &str) -> Vec<Vec<String>> {
     let mut found = Vec::new();
-    let bytes: Vec<char> = code.chars().collect();
+    let chars: Vec<char> = code.chars().collect();
     let mut i = 0;
-    while i < bytes.len() {
-        if ident_before(&bytes, i) || !(bytes[i].is_alphabetic() || bytes[i] == '_') {
+    while i < chars.len() {
+        if ident_before(&chars, i) || !(chars[i].is_alphabetic() || chars[i] == '_') {
             i += 1;
             continue;
         }
         let start = i;
-        while i < bytes.len() && (bytes[i].is_alphanumeric() || bytes[i] == '_') {
+        while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
             i += 1;
         }
-        let word: String = bytes[start..i].iter().collect();
+        let word: String = chars[start..i].iter().collect();
         if word == "use" {
-            let end = bytes[i..]
+            let end = chars[i..]
                 .iter()
                 .position(|c| *c == ';')
-                .map_or(bytes.len(), |p| i + p);
-            let tree: String = bytes[i..end].iter().collect();
+                .map_or(chars.len(), |p| i + p);
+            let tree: String = chars[i..end].iter().collect();
             expand(&tree, &mut Vec::new(), &mut found);
             i = end;
         } else if word == root || word == "super" {
             // An inline path: as many `::ident` as follow.
             let mut path = vec![word];
             loop {
-                let rest: String = bytes[i..].iter().take(2).collect();
+                let rest: String = chars[i..].iter().take(2).collect();
                 if rest != "::" {
                     break;
                 }
                 let seg_start = i + 2;
                 let mut j = seg_start;
-                while j < bytes.len() && (bytes[j].is_alphanumeric() || bytes[j] == '_') {
+                while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
                     j += 1;
                 }
                 if j == seg_start {
                     break;
                 }
-                path.push(bytes[seg_start..j].iter().collect());
+                path.push(chars[seg_start..j].iter().collect());
                 i = j;
             }
             if path.len() > 1 {
