@@ -16,19 +16,12 @@
 //! - `P:nodes`: sorted set of node ids scored by when their registry entries expire (the set
 //!   expires too when no node refreshes it).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, ProtocolVersion};
 
-use crate::broker::Broker;
-use crate::broker::redis::RedisBroker;
-use crate::config::{ClusterConfig, Config};
-use crate::hub::Hub;
-use crate::presence::Presence;
-use crate::presence::redis::RedisPresence;
+use crate::config::ClusterConfig;
 
 /// How long one Redis command may take before the node treats Redis as unavailable.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,34 +103,6 @@ impl Cluster {
         let mut commands = self.commands.clone();
         run(redis::cmd("PING").query_async::<()>(&mut commands)).await
     }
-}
-
-/// A node's hub with the broker and registry that go with it.
-pub type Joined = (Arc<Hub>, Arc<dyn Broker>, Arc<dyn Presence>);
-
-/// Joins the cluster at `url`: the hub reports to the Redis broker and registry.
-pub fn join(config: &Config, url: &str, hub: Hub) -> anyhow::Result<Joined> {
-    crate::telemetry::preregister_cluster();
-    if config.store.postgres_url.is_none() {
-        tracing::warn!(
-            "cluster.redis_url without store.postgres_url: each node keeps its own store, so a \
-             message stored on one node is not in another node's backlog"
-        );
-    }
-    let cluster =
-        Arc::new(Cluster::new(&config.cluster, url, config.node_id).context("cluster.redis_url")?);
-    let (broker_tx, broker_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
-    let hub = Arc::new(hub.with_observer(broker_tx).with_observer(presence_tx));
-    let broker =
-        RedisBroker::start(cluster.clone(), hub.clone(), broker_rx).context("Redis subscriber")?;
-    let presence = RedisPresence::start(
-        cluster,
-        hub.clone(),
-        config.cluster.presence_ttl,
-        presence_rx,
-    );
-    Ok((hub, Arc::new(broker), Arc::new(presence)))
 }
 
 /// Runs a Redis command future with the command timeout.

@@ -10,30 +10,17 @@
 use std::collections::BTreeMap;
 
 use mps_proto::{Format, PushedMessage};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::engine::{EngineError, MAX_TITLE, check_name, invalid};
-use crate::push::Way;
-use crate::words::Channel;
+use crate::config::Template;
+use crate::words::{Channel, Invalid, MAX_TITLE, Way, check_name, invalid};
 
 /// Most shapes one message may carry.
 pub const MAX_FORMATS: usize = 16;
 
-/// `[apps.<app>.formats.<agent>]`: the title and content an agent's clients get, as templates
-/// over the message: a string `"${path}"` is replaced by the value at `path` (any JSON), and
-/// `${path}` inside a longer string by its text. Paths: `id`, `title`, `type`, `component`,
-/// `topic`, `sender`, `created`, `content` and `content.a.b` (into the content).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Template {
-    pub title: Option<String>,
-    pub content: Option<Value>,
-}
-
 /// Checks a message's own formats.
-pub fn check(formats: &BTreeMap<String, Format>) -> Result<(), EngineError> {
+pub fn check(formats: &BTreeMap<String, Format>) -> Result<(), Invalid> {
     if formats.len() > MAX_FORMATS {
         return Err(invalid(
             "invalid_formats",

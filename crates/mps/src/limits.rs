@@ -2,8 +2,10 @@
 //! address ([`Admission`], counted per TCP connection by the listener), request rates per
 //! credential ([`KeyedRate`]), and the token bucket ([`TokenBucket`]) that a WebSocket session
 //! keeps inline for its own message rate. Connections per user are counted by the hub, which
-//! holds the user index. Every refusal is counted in `mps_limit_rejections_total{limit}`; the
-//! table of limits, answers and settings is in docs/security.md.
+//! holds the user index. Every refusal is counted in `mps_limit_rejections_total{limit}` (topic
+//! names through [`check_topic`] and [`check_pattern`]), every bad client input in
+//! `mps_bad_input_total{kind}`; the table of limits, answers and settings is in
+//! docs/security.md.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -16,6 +18,7 @@ use parking_lot::Mutex;
 
 use crate::auth::Identity;
 use crate::config::LimitsConfig;
+use crate::topic::{Exceeded, TopicError};
 
 /// The limits, as counted in `mps_limit_rejections_total{limit}` (docs/security.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,30 @@ impl Limit {
 /// Counts a request, connection or frame refused by a limit.
 pub fn rejected(limit: Limit) {
     metrics::counter!("mps_limit_rejections_total", "limit" => limit.label()).increment(1);
+}
+
+/// Records a rejected client input in metrics.
+pub fn count_bad_input(kind: &'static str) {
+    metrics::counter!("mps_bad_input_total", "kind" => kind).increment(1);
+}
+
+/// Checks a published topic ([`crate::topic::check_topic`]), counting a refusal by a limit.
+pub fn check_topic(name: &str, limits: crate::topic::Limits) -> Result<(), TopicError> {
+    crate::topic::check_topic(name, limits).inspect_err(count_exceeded)
+}
+
+/// Checks a subscription pattern ([`crate::topic::check_pattern`]), counting a refusal by a
+/// limit.
+pub fn check_pattern(pattern: &str, limits: crate::topic::Limits) -> Result<(), TopicError> {
+    crate::topic::check_pattern(pattern, limits).inspect_err(count_exceeded)
+}
+
+fn count_exceeded(e: &TopicError) {
+    match e.exceeded {
+        Some(Exceeded::Length) => rejected(Limit::TopicLength),
+        Some(Exceeded::Depth) => rejected(Limit::TopicDepth),
+        None => {}
+    }
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up. Small and allocation-free,

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::api::ApiError;
+use crate::http::ApiError;
 use crate::limits::{Admission, Full, Limit, Permit, rejected};
 use crate::tls::Tls;
 

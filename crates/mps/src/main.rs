@@ -86,7 +86,7 @@ enum BenchMode {
     Load(mps_bench::Mode),
     /// Audience resolution: loads users with tags and attributes into the embedded store (or
     /// PostgreSQL) and times resolving several expressions (medians).
-    Audience(mps::audience::bench::AudienceArgs),
+    Audience(mps::cli::bench::AudienceArgs),
 }
 
 /// Flags every command that reads the configuration accepts.
@@ -186,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let secrets = mps::server::Secrets::resolve(&config, true)?;
             let auth = mps::server::authenticator(&config, &secrets)?;
-            mps::engine::check_name("user", &user)?;
+            mps::words::check_name("user", &user)?;
             let app = app.unwrap_or_else(|| mps::auth::DEFAULT_APP.to_owned());
             let topics = (!topics.is_empty()).then_some(topics);
             let (token, _) = auth.issue(&app, &user, ttl, topics)?;
@@ -201,6 +201,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => mps_bench::run(mode),
         Command::Bench {
             mode: BenchMode::Audience(args),
-        } => mps::audience::bench::run(args),
+        } => mps::cli::bench::run(args),
     }
 }

@@ -16,7 +16,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::api::ApiError;
+use crate::http::ApiError;
 use crate::limits::{Limit, rejected};
 
 /// Routes a browser page calls (`clients/js/mps.js` and the browser's own WebSocket); a path

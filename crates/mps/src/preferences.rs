@@ -5,9 +5,7 @@
 
 use mps_proto::{Preferences, PreferencesRequest, QuietHours};
 
-use crate::engine::check_name;
-use crate::push::Way;
-use crate::words::Channel;
+use crate::words::{Channel, Way, check_name};
 
 /// Most muted components per user.
 pub const MAX_MUTED: usize = 256;
@@ -36,7 +34,7 @@ pub fn check(request: PreferencesRequest) -> Result<Preferences, String> {
     if let Some(quiet) = &request.quiet_hours {
         Quiet::parse(quiet)?;
     }
-    crate::channels::check_chain(&request.channels, u64::MAX)?;
+    crate::words::check_chain(&request.channels, u64::MAX)?;
     Ok(Preferences {
         muted_components: components,
         muted_channels: channels,

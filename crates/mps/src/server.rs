@@ -17,14 +17,17 @@ use axum::extract::DefaultBodyLimit;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::api::ApiError;
 use crate::auth::{Authenticator, Identity};
-use crate::broker::LocalBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, LocalBroker};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::http::ApiError;
 use crate::hub::{CloseReason, Hub};
 use crate::ingest::Ingest;
 use crate::limits::{Admission, RequestRates};
+use crate::presence::redis::RedisPresence;
 use crate::presence::{LocalPresence, Presence};
 use crate::push::Pushers;
 use crate::store::Store;
@@ -198,8 +201,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .context("e-mail channel")?;
     let hub = Hub::new(&node, config.node_id, config.connection.queue)
         .with_user_limit(config.limits.connections_per_user);
-    let (hub, broker, presence): crate::cluster::Joined = match &config.cluster.redis_url {
-        Some(url) => crate::cluster::join(&config, url, hub)?,
+    let (hub, broker, presence): Joined = match &config.cluster.redis_url {
+        Some(url) => join_cluster(&config, url, hub)?,
         None => {
             let hub = Arc::new(hub);
             (
@@ -325,6 +328,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::webhooks::settle(Duration::from_secs(5)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A node's hub with the broker and registry that go with it.
+type Joined = (Arc<Hub>, Arc<dyn Broker>, Arc<dyn Presence>);
+
+/// Joins the cluster at `url`: the hub reports to the Redis broker and registry.
+fn join_cluster(config: &Config, url: &str, hub: Hub) -> anyhow::Result<Joined> {
+    crate::telemetry::preregister_cluster();
+    if config.store.postgres_url.is_none() {
+        tracing::warn!(
+            "cluster.redis_url without store.postgres_url: each node keeps its own store, so a \
+             message stored on one node is not in another node's backlog"
+        );
+    }
+    let cluster =
+        Arc::new(Cluster::new(&config.cluster, url, config.node_id).context("cluster.redis_url")?);
+    let (broker_tx, broker_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
+    let hub = Arc::new(hub.with_observer(broker_tx).with_observer(presence_tx));
+    let broker =
+        RedisBroker::start(cluster.clone(), hub.clone(), broker_rx).context("Redis subscriber")?;
+    let presence = RedisPresence::start(
+        cluster,
+        hub.clone(),
+        config.cluster.presence_ttl,
+        presence_rx,
+    );
+    Ok((hub, Arc::new(broker), Arc::new(presence)))
 }
 
 /// The HTTP service of the client listener, before state: every route of

@@ -5,12 +5,33 @@ use std::fmt;
 
 /// Why a topic or pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicError(pub String);
+pub struct TopicError {
+    pub message: String,
+    /// The limit the name is over, when that is why it was refused (the `limits` module counts
+    /// it).
+    pub exceeded: Option<Exceeded>,
+}
+
+impl TopicError {
+    fn new(message: String) -> Self {
+        TopicError {
+            message,
+            exceeded: None,
+        }
+    }
+}
 
 impl fmt::Display for TopicError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
+}
+
+/// Which of the [`Limits`] a refused name is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    Length,
+    Depth,
 }
 
 /// Limits on names, from the configuration.
@@ -21,27 +42,23 @@ pub struct Limits {
 }
 
 fn check_common(text: &str, what: &str, limits: Limits) -> Result<(), TopicError> {
-    if text.len() > limits.max_length {
-        crate::limits::rejected(crate::limits::Limit::TopicLength);
-    }
     if text.is_empty() || text.len() > limits.max_length {
-        return Err(TopicError(format!(
-            "{what} must be 1 to {} bytes",
-            limits.max_length
-        )));
+        return Err(TopicError {
+            message: format!("{what} must be 1 to {} bytes", limits.max_length),
+            exceeded: (!text.is_empty()).then_some(Exceeded::Length),
+        });
     }
     if text.chars().any(char::is_control) {
-        return Err(TopicError(format!("{what} has control characters")));
+        return Err(TopicError::new(format!("{what} has control characters")));
     }
     if text.split('/').count() > limits.max_depth {
-        crate::limits::rejected(crate::limits::Limit::TopicDepth);
-        return Err(TopicError(format!(
-            "{what} has more than {} levels",
-            limits.max_depth
-        )));
+        return Err(TopicError {
+            message: format!("{what} has more than {} levels", limits.max_depth),
+            exceeded: Some(Exceeded::Depth),
+        });
     }
     if text.split('/').any(str::is_empty) {
-        return Err(TopicError(format!("{what} has an empty level")));
+        return Err(TopicError::new(format!("{what} has an empty level")));
     }
     Ok(())
 }
@@ -50,7 +67,7 @@ fn check_common(text: &str, what: &str, limits: Limits) -> Result<(), TopicError
 pub fn check_topic(topic: &str, limits: Limits) -> Result<(), TopicError> {
     check_common(topic, "topic", limits)?;
     if topic.contains(['+', '#']) {
-        return Err(TopicError(
+        return Err(TopicError::new(
             "a published topic cannot contain '+' or '#'".into(),
         ));
     }
@@ -64,12 +81,12 @@ pub fn check_pattern(pattern: &str, limits: Limits) -> Result<(), TopicError> {
     for (i, level) in levels.iter().enumerate() {
         let wild = level.contains(['+', '#']);
         if wild && *level != "+" && *level != "#" {
-            return Err(TopicError(format!(
+            return Err(TopicError::new(format!(
                 "wildcards must be whole levels in {pattern:?}"
             )));
         }
         if *level == "#" && i + 1 != levels.len() {
-            return Err(TopicError(format!(
+            return Err(TopicError::new(format!(
                 "'#' must be the last level in {pattern:?}"
             )));
         }

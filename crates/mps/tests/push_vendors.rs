@@ -10,10 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mps::push::{
-    ApnsConfig, AppPush, Device, FcmConfig, Notification, Outcome, Priority, PushConfig, Pushers,
-    Vendor, Way, WebPushConfig,
-};
+use mps::config::{ApnsConfig, AppPush, FcmConfig, PushConfig, WebPushConfig};
+use mps::push::{Notification, Outcome, Priority, Pushers, Vendor};
+use mps::words::{Device, Way};
 use mps_standins::{
     ApnsReason, ApnsStandIn, FcmError, FcmStandIn, Subscription, VapidKey, WebPushAnswer,
     WebPushStandIn,

@@ -9,8 +9,8 @@ use mps_proto::OnlineClient;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{BadRequest, NotFound, Unauthorized, Unavailable};
 use super::{Admin, ApiError, Params};
+use crate::http::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::server::ServerState;
 
 /// Filters of the online clients: each one given must match exactly; an empty one matches all.

@@ -86,7 +86,7 @@ pub async fn index(headers: HeaderMap) -> Response {
     responses(
         (status = 200, description = "The script or style sheet", content_type = "text/javascript", body = String),
         (status = 304, description = "The `If-None-Match` copy is current"),
-        (status = 404, response = super::openapi::NotFound),
+        (status = 404, response = crate::http::NotFound),
     ),
 )]
 pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {

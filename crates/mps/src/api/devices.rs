@@ -11,13 +11,15 @@ use mps_proto::{DeviceRegistration, Page, RegisterDevice, Removed};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{BadRequest, CommonErrors, Forbidden, NotFound, Unauthorized, Unavailable};
 use super::{ApiError, Body, Params};
 use crate::auth::{DEFAULT_APP, Identity, bearer};
-use crate::engine::check_name;
-use crate::push::devices::{self, PushModeRequest, check_device_id, describe, parse_way};
+use crate::http::{BadRequest, CommonErrors, Forbidden, NotFound, Unauthorized, Unavailable};
+use crate::push::devices::{
+    self, DeviceError, PushModeRequest, check_device_id, describe, parse_way,
+};
 use crate::server::ServerState;
 use crate::store::{DeviceQuery, DeviceSelector};
+use crate::words::{Invalid, check_name};
 
 /// Who is calling: the back end with the admin key, or a client with its token.
 pub enum Caller {
@@ -42,7 +44,7 @@ impl FromRequestParts<Arc<ServerState>> for Caller {
         }
         let token = header.and_then(bearer).unwrap_or("");
         let identity = state.auth.verify(token).map_err(|e| {
-            crate::transport::count_bad_input(e.code());
+            crate::limits::count_bad_input(e.code());
             ApiError::from(e)
         })?;
         state.client_request(&identity)?;
@@ -51,7 +53,7 @@ impl FromRequestParts<Arc<ServerState>> for Caller {
 }
 
 fn forbidden(message: &str) -> ApiError {
-    crate::transport::count_bad_input("forbidden");
+    crate::limits::count_bad_input("forbidden");
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
@@ -125,7 +127,11 @@ pub async fn register(
     let store = state.engine.store().as_ref();
     let (device, created) = devices::open(store, &state.config.push, &app, &user, mode)
         .await
-        .inspect_err(count_refusal)?;
+        .inspect_err(|e| {
+            if let DeviceError::Invalid(e) = e {
+                count_refusal(e);
+            }
+        })?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -135,10 +141,8 @@ pub async fn register(
 }
 
 /// Counts a refused registration like every other bad input.
-fn count_refusal(e: &crate::engine::EngineError) {
-    if let crate::engine::EngineError::Invalid { code, .. } = e {
-        crate::transport::count_bad_input(code);
-    }
+fn count_refusal(e: &Invalid) {
+    crate::limits::count_bad_input(e.code);
 }
 
 /// Which registrations to remove.
@@ -251,7 +255,7 @@ pub async fn logout(
         LogoutRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            crate::transport::count_bad_input("bad_json");
+            crate::limits::count_bad_input("bad_json");
             ApiError::invalid("bad_json", e.to_string())
         })?
     };

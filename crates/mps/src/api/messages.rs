@@ -12,10 +12,10 @@ use mps_proto::{
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::openapi::{
+use super::{Admin, ApiError, Body, Client, Params};
+use crate::http::{
     BadRequest, NotFound, TooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
 };
-use super::{Admin, ApiError, Body, Client, Params};
 use crate::id::MessageId;
 use crate::server::ServerState;
 use crate::store::MessageQuery;

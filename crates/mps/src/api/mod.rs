@@ -14,22 +14,20 @@ mod users;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use mps_proto::{ErrorBody, ErrorResponse};
+use mps_proto::ErrorResponse;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{AuthError, Identity, bearer};
+use crate::auth::{Identity, bearer};
 use crate::engine::EngineError;
-use crate::presence::PresenceError;
+use crate::http::{ApiError, Params};
 use crate::server::ServerState;
-use crate::store::StoreError;
 
 /// Every route the server serves, each registered together with its OpenAPI operation (the
 /// handler's `#[utoipa::path]`): the router and the document of `GET /api/openapi.json` come out
@@ -214,149 +212,6 @@ pub fn paging(page: Option<u64>, size: Option<u64>) -> Result<(u64, u64), ApiErr
     Ok((page, size))
 }
 
-/// Every API error: an HTTP status and `{"error": {"code", "message"}}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    /// Seconds to wait before retrying (`Retry-After`), on refusals by a limit.
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// Adds `Retry-After: seconds` to the answer.
-    pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds.max(1));
-        self
-    }
-
-    /// 429 from a rate limit (counted under `limit`), retry after `wait`.
-    pub fn rate_limited(limit: crate::limits::Limit, wait: std::time::Duration) -> Self {
-        crate::limits::rejected(limit);
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests; slow down",
-        )
-        .retry_after(wait.as_secs_f64().ceil() as u64)
-    }
-
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn not_found(what: &str) -> Self {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no such {what}"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        metrics::counter!("mps_api_errors_total", "code" => self.code).increment(1);
-        let body = ErrorResponse {
-            error: ErrorBody {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.into());
-        }
-        response
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        match e {
-            StoreError::Full => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
-                "the server's disk is full; nothing was stored, retry later",
-            )
-            .retry_after(5),
-            e => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-            ),
-        }
-    }
-}
-
-impl From<PresenceError> for ApiError {
-    fn from(e: PresenceError) -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "registry_unavailable",
-            e.to_string(),
-        )
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::Invalid { code, message } => ApiError::invalid(code, message),
-            EngineError::Store(e) => e.into(),
-            EngineError::Broker(e) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker_unavailable",
-                e.to_string(),
-            ),
-            EngineError::Presence(e) => e.into(),
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        let (status, code) = match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                crate::limits::rejected(crate::limits::Limit::BodySize);
-                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
-            }
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            // Syntax errors (400) and well-formed JSON of the wrong shape (axum's 422) alike:
-            // the API answers every bad body with 400.
-            _ => (StatusCode::BAD_REQUEST, "bad_json"),
-        };
-        ApiError::new(status, code, e.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        ApiError::invalid("bad_query", e.body_text())
-    }
-}
-
 /// A JSON body whose rejections are [`ApiError`]s. It must arrive within
 /// `limits.request_timeout` (a client dribbling its body is cut off with 408).
 pub struct Body<T>(pub T);
@@ -387,11 +242,6 @@ where
     }
 }
 
-/// A query string whose rejections are [`ApiError`]s.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Params<T>(pub T);
-
 /// Proof that the request carries the admin key.
 pub struct Admin;
 
@@ -407,7 +257,7 @@ impl FromRequestParts<Arc<ServerState>> for Admin {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         state.auth.check_admin(header).map_err(|e| {
-            crate::transport::count_bad_input("bad_admin_key");
+            crate::limits::count_bad_input("bad_admin_key");
             ApiError::from(e)
         })?;
         state.admin_request()?;
@@ -432,7 +282,7 @@ impl FromRequestParts<Arc<ServerState>> for Client {
             .and_then(bearer)
             .unwrap_or("");
         let identity = state.auth.verify(token).map_err(|e| {
-            crate::transport::count_bad_input(e.code());
+            crate::limits::count_bad_input(e.code());
             ApiError::from(e)
         })?;
         state.client_request(&identity)?;

@@ -9,7 +9,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use mps_proto::{ErrorBody, ErrorResponse};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi, ToResponse};
+use utoipa::{Modify, OpenApi};
+
+use crate::http::{
+    BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
+};
 
 /// Security scheme of back-end calls: `Authorization: Bearer ADMIN_KEY`.
 pub const ADMIN_KEY: &str = "admin_key";
@@ -84,62 +88,6 @@ impl Modify for SecuritySchemes {
             ))),
         );
     }
-}
-
-/// The body, query or a value is invalid (`bad_json`, `bad_query`, `invalid_*`,
-/// `too_many_recipients`, `id_mismatch`, ...).
-#[derive(ToResponse)]
-#[allow(dead_code)] // only its OpenAPI description is used
-pub struct BadRequest(ErrorResponse);
-
-/// Missing or wrong credentials (`missing_token`, `invalid_token`, `token_expired`, `wrong_key`).
-#[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct Unauthorized(ErrorResponse);
-
-/// The token does not allow what is asked (`forbidden_topic`).
-#[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct Forbidden(ErrorResponse);
-
-/// No such thing (`not_found`, `not_configured`).
-#[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct NotFound(ErrorResponse);
-
-/// The body is larger than `messages.max_body` (`too_large`).
-#[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct TooLarge(ErrorResponse);
-
-/// The body is not `application/json` (`unsupported_media_type`).
-#[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct UnsupportedMediaType(ErrorResponse);
-
-/// A backing service is unreachable or the server is stopping (`store_unavailable`,
-/// `broker_unavailable`, `registry_unavailable`, `shutting_down`).
-#[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct Unavailable(ErrorResponse);
-
-/// The errors of a call that checks credentials and may read a body: the answers most
-/// operations share, listed once.
-#[derive(IntoResponses)]
-#[allow(dead_code)]
-pub enum CommonErrors {
-    #[response(status = 400)]
-    BadRequest(#[ref_response] BadRequest),
-    #[response(status = 401)]
-    Unauthorized(#[ref_response] Unauthorized),
-    #[response(status = 403)]
-    Forbidden(#[ref_response] Forbidden),
-    #[response(status = 413)]
-    TooLarge(#[ref_response] TooLarge),
-    #[response(status = 415)]
-    UnsupportedMediaType(#[ref_response] UnsupportedMediaType),
-    #[response(status = 503)]
-    Unavailable(#[ref_response] Unavailable),
 }
 
 /// The document, rendered once.

@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::State;
 use mps_proto::{TokenRequest, TokenResponse};
 
-use super::openapi::{BadRequest, TooLarge, Unauthorized, UnsupportedMediaType};
 use super::{Admin, ApiError, Body};
 use crate::auth::DEFAULT_APP;
-use crate::engine::check_name;
+use crate::http::{BadRequest, TooLarge, Unauthorized, UnsupportedMediaType};
 use crate::server::ServerState;
+use crate::words::check_name;
 
 /// Issue a client token.
 ///
@@ -40,7 +40,7 @@ pub async fn issue(
     check_name("app", &app)?;
     let limits = state.config.topics.limits();
     for pattern in request.topics.iter().flatten() {
-        crate::topic::check_pattern(pattern, limits)
+        crate::limits::check_pattern(pattern, limits)
             .map_err(|e| ApiError::invalid("invalid_topic", e.to_string()))?;
     }
     let (token, expires) = state

@@ -14,13 +14,13 @@ use mps_proto::{
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::openapi::CommonErrors;
 use super::{Admin, ApiError, Body, Client, Params};
 use crate::audience;
 use crate::auth::DEFAULT_APP;
-use crate::engine::check_name;
+use crate::http::CommonErrors;
 use crate::server::ServerState;
 use crate::store::TermSet;
+use crate::words::check_name;
 
 /// `?app=` of the reading routes.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -4,20 +4,18 @@
 //!
 //! - [`parse`]: the tokenizer and recursive-descent parser, with limits.
 //! - [`sql`]: an expression as one SQL query over the indexed `user_tags` table, for both stores.
-//! - [`bench`]: `mps bench audience`, resolution times over a million users.
 //!
 //! A user's tags and attributes are both stored as terms: `tag:vip`, `lang:zh`, `region:eu`.
 //! `user:` terms name a user; `agent:` terms choose connections, not users, so they are taken out
 //! of the expression into an [`AgentFilter`] (which is why they may only be joined to the rest by
 //! a top-level AND).
 
-pub mod bench;
 pub mod parse;
 pub mod sql;
 
 use std::fmt;
 
-use crate::hub::AgentFilter;
+use crate::words::AgentFilter;
 
 /// A `key:value` term and where it starts in the expression.
 #[derive(Debug, Clone, PartialEq, Eq)]

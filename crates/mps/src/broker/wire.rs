@@ -12,7 +12,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::hub::{AgentFilter, Envelope, Target};
+use crate::hub::{Envelope, Target};
+use crate::words::AgentFilter;
 
 const VERSION: u8 = 2;
 const DIRECTED: u8 = 0x80;

@@ -17,9 +17,9 @@ use tokio::sync::Notify;
 
 use super::email::{self, Email};
 use crate::push::fallback::{Fallback, Job};
-use crate::push::{Notification, Priority, Way};
+use crate::push::{Notification, Priority};
 use crate::store::{DueStep, StepRecord, Store};
-use crate::words::Channel;
+use crate::words::{Channel, Way};
 
 /// How long a claimed step waits before it is taken again when it was not settled.
 pub const RETRY_AFTER_MS: i64 = 5 * 60_000;

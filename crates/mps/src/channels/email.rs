@@ -17,9 +17,9 @@ use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::config::{EmailConfig, TlsMode};
 use crate::preferences::Muting;
 use crate::retry::Backoff;
 use crate::store::{StepRecord, Store};
@@ -30,66 +30,6 @@ use mps_proto::ChannelStatus;
 pub const ADDRESS_ATTRIBUTE: &str = "email";
 /// E-mails of one app being sent at once.
 const SENDERS: usize = 4;
-
-/// How the connection to the relay is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// Plain connection upgraded with STARTTLS, which the relay must offer (port 587).
-    #[default]
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Tls,
-    /// No encryption: only for a relay on the same host or network.
-    None,
-}
-
-/// `[push.apps.<app>.email]`: the SMTP relay the app's e-mails go through.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EmailConfig {
-    /// The relay's host name (also the name its TLS certificate must carry).
-    pub host: String,
-    pub port: u16,
-    pub tls: TlsMode,
-    /// Credentials for SMTP AUTH (PLAIN or LOGIN), when the relay wants them.
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// The sender, `Shop <noreply@shop.example.com>` or a bare address.
-    pub from: String,
-    /// The subject: `${title}`, `${app}`, `${id}`, `${user}`, `${component}` and `${sender}` are
-    /// replaced by the message's (an absent one by nothing).
-    pub subject: String,
-    /// E-mails waiting to be sent; past this, the step is tried again later.
-    pub queue: usize,
-    /// Tries per e-mail, the first included, for temporary failures.
-    pub attempts: u32,
-    /// Wait before the first retry, milliseconds; doubled per retry, with jitter.
-    pub backoff_ms: u64,
-    /// Longest wait between retries, milliseconds.
-    pub max_backoff_ms: u64,
-    /// Seconds one SMTP command may take.
-    pub timeout: u64,
-}
-
-impl Default for EmailConfig {
-    fn default() -> Self {
-        EmailConfig {
-            host: String::new(),
-            port: 587,
-            tls: TlsMode::Starttls,
-            username: None,
-            password: None,
-            from: String::new(),
-            subject: "${title}".into(),
-            queue: 1024,
-            attempts: 4,
-            backoff_ms: 1000,
-            max_backoff_ms: 60_000,
-            timeout: 30,
-        }
-    }
-}
 
 /// One e-mail to send: a message for one recipient, in its `email` shape.
 #[derive(Debug, Clone)]

@@ -17,45 +17,14 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use bytes::Bytes;
-use mps_proto::{ChannelChoice, ChannelStep, PushedMessage};
+use mps_proto::PushedMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::config::{WebhookChannelConfig, WebhookConfig};
 use crate::store::{StepRecord, Store};
-use crate::webhooks::{Poster, WebhookConfig};
+use crate::webhooks::Poster;
 use crate::words::Channel;
-
-/// Checks a chain (a message's `channels` or a user's own): known channels, each once, and
-/// delays that parse and fall within `ttl` seconds. Returns each channel with its delay in
-/// seconds, in order; or what is wrong.
-pub fn check_chain(choices: &[ChannelChoice], ttl: u64) -> Result<Vec<(Channel, u64)>, String> {
-    let mut chain: Vec<(Channel, u64)> = Vec::with_capacity(choices.len());
-    for choice in choices {
-        let name = choice.channel();
-        let Some(channel) = Channel::parse(name) else {
-            let known = Channel::ALL.map(Channel::as_str).join(", ");
-            return Err(format!("unknown channel {name:?} (known: {known})"));
-        };
-        if chain.iter().any(|(c, _)| *c == channel) {
-            return Err(format!("channels lists {name:?} twice"));
-        }
-        let after = match choice {
-            ChannelChoice::Step(ChannelStep {
-                after: Some(delay), ..
-            }) => delay.seconds().ok_or_else(|| {
-                format!("after of {name:?} must be seconds or a number with s, m, h or d")
-            })?,
-            _ => 0,
-        };
-        if after >= ttl {
-            return Err(format!(
-                "after of {name:?} is not within the message's ttl ({ttl} s)"
-            ));
-        }
-        chain.push((channel, after));
-    }
-    Ok(chain)
-}
 
 /// Whether `app` has `channel` configured (the vendor push always counts as configured: a
 /// message to users without devices simply pushes nothing).
@@ -64,43 +33,6 @@ pub fn configured(app: &str, channel: Channel) -> bool {
         Channel::Webhook => has_webhook(app),
         Channel::Email => email::configured(app),
         Channel::Push => true,
-    }
-}
-
-/// `[push.apps.<app>.webhook]`: where the app's directed messages go through the webhook
-/// channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhookChannelConfig {
-    /// `http://` or `https://` URL that receives one `POST` per recipient.
-    pub url: String,
-    /// Key of the HMAC-SHA256 signature (as for webhooks); share it with the receiver.
-    pub secret: String,
-    /// Requests waiting to be sent; past this, new ones are dropped and counted.
-    pub queue: usize,
-    /// Tries per request, the first included, for connection errors, timeouts, 408, 429 and
-    /// 5xx answers.
-    pub attempts: u32,
-    /// Wait before the first retry, milliseconds; doubled per retry, with jitter.
-    pub backoff_ms: u64,
-    /// Longest wait between retries, milliseconds.
-    pub max_backoff_ms: u64,
-    /// Seconds one request may take.
-    pub timeout: u64,
-}
-
-impl Default for WebhookChannelConfig {
-    fn default() -> Self {
-        let hook = WebhookConfig::default();
-        WebhookChannelConfig {
-            url: String::new(),
-            secret: String::new(),
-            queue: hook.queue,
-            attempts: hook.attempts,
-            backoff_ms: hook.backoff_ms,
-            max_backoff_ms: hook.max_backoff_ms,
-            timeout: hook.timeout,
-        }
     }
 }
 

@@ -3,9 +3,10 @@
 
 use mps_proto::{EventType, PushedMessage};
 
-use super::{Engine, EngineError, invalid};
+use super::{Engine, EngineError};
 use crate::id::MessageId;
 use crate::webhooks;
+use crate::words::invalid;
 
 /// Most ids one ack may carry.
 pub const MAX_ACK_IDS: usize = 1000;
@@ -16,7 +17,7 @@ pub fn parse_ids(ids: &[String]) -> Result<Vec<u64>, EngineError> {
         .map(|id| {
             id.parse::<MessageId>()
                 .map(MessageId::get)
-                .map_err(|e| invalid("invalid_id", e.to_string()))
+                .map_err(|e| invalid::<EngineError>("invalid_id", e.to_string()))
         })
         .collect()
 }

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use mps_proto::ChannelChoice;
 
-use super::{Engine, EngineError, invalid};
+use super::{Engine, EngineError};
 use crate::words::Channel;
+use crate::words::invalid;
 
 /// The channels a message (or a recipient's own chain) takes besides the live one.
 #[derive(Debug, Default)]
@@ -115,8 +116,8 @@ impl Engine {
                 "channels apply to directed messages (with receiver)",
             ));
         }
-        let chain = crate::channels::check_chain(channels, ttl)
-            .map_err(|e| invalid("invalid_channels", e))?;
+        let chain = crate::words::check_chain(channels, ttl)
+            .map_err(|e| invalid::<EngineError>("invalid_channels", e))?;
         if let Some((channel, _)) = chain
             .iter()
             .find(|(c, _)| !crate::channels::configured(app, *c))
@@ -159,7 +160,7 @@ impl Engine {
                     .channels
                     .iter()
                     .filter_map(|choice| {
-                        let step = crate::channels::check_chain(std::slice::from_ref(choice), ttl)
+                        let step = crate::words::check_chain(std::slice::from_ref(choice), ttl)
                             .ok()?
                             .pop()?;
                         crate::channels::configured(app, step.0).then_some(step)

@@ -28,16 +28,12 @@ use mps_proto::{Frame, PushFrame, PushedMessage};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
-use crate::config::{Config, MessagesConfig, TopicsConfig};
-use crate::formats::Template;
+use crate::config::{Config, MessagesConfig, Template, TopicsConfig};
 use crate::id::IdGen;
 use crate::presence::{Presence, PresenceError};
 use crate::push::fallback::Fallback;
 use crate::store::{Store, StoreError};
-
-/// Longest user, component, agent, app or sender name.
-pub const MAX_NAME: usize = 256;
-pub const MAX_TITLE: usize = 1024;
+use crate::words::Invalid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -52,22 +48,10 @@ pub enum EngineError {
     Presence(#[from] PresenceError),
 }
 
-pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> EngineError {
-    EngineError::Invalid {
-        code,
-        message: message.into(),
+impl From<Invalid> for EngineError {
+    fn from(Invalid { code, message }: Invalid) -> Self {
+        EngineError::Invalid { code, message }
     }
-}
-
-/// Checks a user, component, agent, app or sender name.
-pub fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
-    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(invalid(
-            "invalid_name",
-            format!("{what} must be 1 to {MAX_NAME} bytes without control characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// Serializes a frame once; the bytes are shared by every connection it goes to.

@@ -3,8 +3,9 @@
 
 use mps_proto::SendMessage;
 
-use super::{Engine, EngineError, check_name, invalid};
+use super::{Engine, EngineError};
 use crate::audience::Audience;
+use crate::words::{check_name, invalid};
 
 impl Engine {
     /// Parses and checks a message's audience, if it has one.
@@ -35,8 +36,8 @@ impl Engine {
                 ));
             }
         }
-        let audience =
-            Audience::parse(text).map_err(|e| invalid("invalid_audience", e.to_string()))?;
+        let audience = Audience::parse(text)
+            .map_err(|e| invalid::<EngineError>("invalid_audience", e.to_string()))?;
         if audience.users.is_none() && !req.live {
             return Err(invalid(
                 "invalid_audience",

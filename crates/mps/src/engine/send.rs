@@ -12,14 +12,15 @@ use mps_proto::{
 };
 
 use super::channels::{Chosen, Routes};
-use super::{Engine, EngineError, MAX_TITLE, check_name, encode_push, invalid};
+use super::{Engine, EngineError, encode_push};
 use crate::audience::Audience;
 use crate::auth::DEFAULT_APP;
-use crate::hub::{AgentFilter, Envelope, Target};
+use crate::hub::{Envelope, Target};
 use crate::id::now_ms;
 use crate::push::fallback::Job;
 use crate::push::{Notification, Priority};
 use crate::store::{Claimed, IdempotencyKey, KeyedWrite, NewMessage, TopicEntry};
+use crate::words::{AgentFilter, MAX_TITLE, check_name, invalid};
 
 /// Who a checked message goes to.
 struct Addressed {
@@ -164,8 +165,8 @@ impl Engine {
             ));
         }
         if let Some(topic) = &req.topic {
-            crate::topic::check_topic(topic, self.topics.limits())
-                .map_err(|e| invalid("invalid_topic", e.0))?;
+            crate::limits::check_topic(topic, self.topics.limits())
+                .map_err(|e| invalid::<EngineError>("invalid_topic", e.message))?;
             if recipients.is_some() {
                 return Err(invalid(
                     "topic_with_receiver",
@@ -331,7 +332,7 @@ impl Engine {
                 formats: shapes
                     .iter()
                     .filter_map(|(name, shape)| {
-                        crate::push::Way::parse(name).map(|way| (way, shape.clone()))
+                        crate::words::Way::parse(name).map(|way| (way, shape.clone()))
                     })
                     .collect(),
             },

@@ -23,6 +23,8 @@ use crate::words::TransportKind;
 
 pub use conn::{CloseReason, Conn, ConnInfo, Drained, Outbound, Subscriptions};
 
+use crate::words::AgentFilter;
+
 /// Who a live message is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -34,32 +36,6 @@ pub enum Target {
     Topic(String),
     /// Every connection of the app.
     All,
-}
-
-/// Which agents' connections a message is for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum AgentFilter {
-    #[default]
-    Any,
-    /// Only connections of these agents.
-    Only(Vec<String>),
-    /// Connections of every agent but these.
-    Except(Vec<String>),
-}
-
-impl AgentFilter {
-    /// The filter of a message's `agents` field.
-    pub fn only(agents: Option<Vec<String>>) -> Self {
-        agents.map_or(AgentFilter::Any, AgentFilter::Only)
-    }
-
-    pub fn admits(&self, agent: &str) -> bool {
-        match self {
-            AgentFilter::Any => true,
-            AgentFilter::Only(list) => list.iter().any(|a| a == agent),
-            AgentFilter::Except(list) => !list.iter().any(|a| a == agent),
-        }
-    }
 }
 
 /// A message on its way to connections: what the broker carries between nodes.

@@ -16,28 +16,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use mps_proto::SendMessage;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::IngestConfig;
 use crate::engine::{Engine, EngineError};
 use crate::retry::Backoff;
-
-/// The `[ingest]` section: any number of consumers of each kind.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestConfig {
-    pub rabbitmq: Vec<rabbitmq::RabbitMqConfig>,
-    pub nats: Vec<nats::NatsConfig>,
-}
-
-impl IngestConfig {
-    /// The broker URLs, for masking their passwords.
-    pub fn urls_mut(&mut self) -> impl Iterator<Item = &mut String> {
-        let amqp = self.rabbitmq.iter_mut().map(|c| &mut c.url);
-        amqp.chain(self.nats.iter_mut().map(|c| &mut c.url))
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -7,62 +7,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use super::{
     Consumer, Delivery, ERROR_CODE_HEADER, ERROR_HEADER, Hints, IngestError, Rejection, Settle,
     Subscription, header_text,
 };
-
-/// One `[[ingest.nats]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsConfig {
-    /// Names the consumer in logs, metrics and `/readyz`; default `nats:STREAM:DURABLE`.
-    pub name: Option<String>,
-    /// `nats://user:password@host:4222`.
-    pub url: String,
-    /// The JetStream stream consumed.
-    pub stream: String,
-    /// Subjects taken from the stream (wildcards allowed); the stream's subject when declared.
-    pub subject: String,
-    /// Name of the durable consumer, which keeps its position across restarts.
-    pub durable: String,
-    /// Create the stream (capturing `subject`, file storage) and a stream for the dead-letter
-    /// subject when missing. Off when they are managed elsewhere; they must exist then.
-    pub declare: bool,
-    /// Messages unacknowledged at once (the consumer's `max_ack_pending`): also how many mps
-    /// sends at once, so that they share one store commit.
-    pub max_in_flight: usize,
-    /// Seconds the server waits for an ack before delivering a message again.
-    pub ack_wait: u64,
-    /// Subject invalid messages are published to, with the reason in headers; default
-    /// `STREAM.dead-letter`. Must not be one of the consumed subjects.
-    pub dead_letter_subject: Option<String>,
-    /// 1-based dot-separated word of the subject that names the app, when the message and its
-    /// `app` header do not.
-    pub app_word: Option<usize>,
-    /// Likewise for the component.
-    pub component_word: Option<usize>,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            name: None,
-            url: "nats://127.0.0.1:4222".into(),
-            stream: "MPS".into(),
-            subject: "mps.messages".into(),
-            durable: "mps".into(),
-            declare: true,
-            max_in_flight: 256,
-            ack_wait: 30,
-            dead_letter_subject: None,
-            app_word: None,
-            component_word: None,
-        }
-    }
-}
+use crate::config::NatsConfig;
 
 /// Whether NATS subject `pattern` (`*` one word, `>` the rest) matches `subject`.
 fn subject_matches(pattern: &str, subject: &str) -> bool {

@@ -14,59 +14,12 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde::{Deserialize, Serialize};
 
 use super::{
     Consumer, Delivery, ERROR_CODE_HEADER, ERROR_HEADER, Hints, IngestError, Rejection, Settle,
     Subscription, header_text,
 };
-
-/// One `[[ingest.rabbitmq]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RabbitMqConfig {
-    /// Names the consumer in logs, metrics and `/readyz`; default `rabbitmq:QUEUE`.
-    pub name: Option<String>,
-    /// `amqp://user:password@host:5672/vhost` (`%2f` is the default vhost).
-    pub url: String,
-    /// The queue consumed.
-    pub queue: String,
-    /// When set, the queue is bound to this exchange with `routing_key`.
-    pub exchange: Option<String>,
-    /// Binding key to `exchange` (for a topic exchange, `#` takes everything).
-    pub routing_key: String,
-    /// Declare the queue and the dead-letter queue (durable), and the exchange (a durable topic
-    /// exchange) and its binding. Off when they are managed elsewhere; they must exist then.
-    pub declare: bool,
-    /// Deliveries unacknowledged at once (`basic.qos`): also how many mps sends at once, so
-    /// that they share one store commit.
-    pub prefetch: u16,
-    /// Queue that invalid messages are published to, with the reason in headers; default
-    /// `QUEUE.dead-letter`.
-    pub dead_letter: Option<String>,
-    /// 1-based dot-separated word of the routing key that names the app, when the message and
-    /// its `app` header do not.
-    pub app_word: Option<usize>,
-    /// Likewise for the component.
-    pub component_word: Option<usize>,
-}
-
-impl Default for RabbitMqConfig {
-    fn default() -> Self {
-        RabbitMqConfig {
-            name: None,
-            url: "amqp://127.0.0.1:5672/%2f".into(),
-            queue: "mps.messages".into(),
-            exchange: None,
-            routing_key: "#".into(),
-            declare: true,
-            prefetch: 256,
-            dead_letter: None,
-            app_word: None,
-            component_word: None,
-        }
-    }
-}
+use crate::config::RabbitMqConfig;
 
 pub struct RabbitMq {
     config: RabbitMqConfig,

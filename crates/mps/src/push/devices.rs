@@ -7,11 +7,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mps_proto::{ClientInfo, DeviceRegistration};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 
+use super::PushConfig;
 use super::webpush::{Subscription, host_allowed};
-use super::{Device, PushConfig, Way};
-use crate::engine::{EngineError, check_name, invalid};
 use crate::id::now_ms;
-use crate::store::{DeviceSelector, Store};
+use crate::store::{DeviceSelector, Store, StoreError};
+use crate::words::{Device, Invalid, Way, check_name, invalid};
 
 /// Most components one device registration may list.
 const MAX_COMPONENTS: usize = 256;
@@ -48,7 +48,7 @@ impl From<ClientInfo> for PushModeRequest {
 }
 
 /// Parses a way name; anything but `apns`, `fcm` and `webpush` is refused.
-pub fn parse_way(way: &str) -> Result<Way, EngineError> {
+pub fn parse_way(way: &str) -> Result<Way, Invalid> {
     Way::parse(way).ok_or_else(|| {
         invalid(
             "unsupported_way",
@@ -58,7 +58,7 @@ pub fn parse_way(way: &str) -> Result<Way, EngineError> {
 }
 
 /// Checks a device id (required to open or close a push mode).
-pub fn check_device_id(device: Option<&str>) -> Result<&str, EngineError> {
+pub fn check_device_id(device: Option<&str>) -> Result<&str, Invalid> {
     let device = device.ok_or_else(|| {
         invalid(
             "invalid_device",
@@ -77,7 +77,7 @@ pub fn check_registration(
     request: PushModeRequest,
     allowed_hosts: &[String],
     now: i64,
-) -> Result<Device, EngineError> {
+) -> Result<Device, Invalid> {
     let way = parse_way(&request.way)?;
     let device = check_device_id(request.device.as_deref())?.to_owned();
     let agent = match request.agent {
@@ -127,7 +127,7 @@ fn vendor_token(
     way: Way,
     token: Option<String>,
     subscription: Option<serde_json::Value>,
-) -> Result<String, EngineError> {
+) -> Result<String, Invalid> {
     if subscription.is_some() {
         return Err(invalid(
             "invalid_device_token",
@@ -145,7 +145,7 @@ fn vendor_token(
     })
 }
 
-fn apns_token(token: String) -> Result<String, EngineError> {
+fn apns_token(token: String) -> Result<String, Invalid> {
     let hex_ok = token.len().is_multiple_of(2) && token.bytes().all(|b| b.is_ascii_hexdigit());
     if !hex_ok || !APNS_TOKEN_BYTES.contains(&(token.len() / 2)) {
         return Err(invalid(
@@ -160,7 +160,7 @@ fn apns_token(token: String) -> Result<String, EngineError> {
     Ok(token.to_ascii_lowercase())
 }
 
-fn fcm_token(token: String) -> Result<String, EngineError> {
+fn fcm_token(token: String) -> Result<String, Invalid> {
     if token.is_empty() || token.len() > MAX_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid(
             "invalid_device_token",
@@ -170,7 +170,7 @@ fn fcm_token(token: String) -> Result<String, EngineError> {
     Ok(token)
 }
 
-fn bad_subscription(message: impl Into<String>) -> EngineError {
+fn bad_subscription(message: impl Into<String>) -> Invalid {
     invalid("invalid_subscription", message)
 }
 
@@ -181,7 +181,7 @@ fn subscription(
     token: Option<String>,
     subscription: Option<serde_json::Value>,
     allowed_hosts: &[String],
-) -> Result<String, EngineError> {
+) -> Result<String, Invalid> {
     let text = match (token, subscription) {
         (Some(_), Some(_)) => {
             return Err(bad_subscription(
@@ -219,6 +219,15 @@ fn subscription(
     Ok(stored.to_string())
 }
 
+/// Why a push mode could not be opened or closed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Opens (or refreshes) a push mode: checks it, stores it, and takes its token from any other
 /// user.
 pub async fn open(
@@ -227,7 +236,7 @@ pub async fn open(
     app: &str,
     user: &str,
     request: PushModeRequest,
-) -> Result<(Device, bool), EngineError> {
+) -> Result<(Device, bool), DeviceError> {
     let allowed_hosts = config
         .apps
         .get(app)
@@ -262,7 +271,7 @@ pub async fn close(
     store: &dyn Store,
     selector: DeviceSelector,
     reason: &'static str,
-) -> Result<u64, EngineError> {
+) -> Result<u64, DeviceError> {
     let removed = store.remove_devices(selector).await?;
     metrics::counter!("mps_devices_removed_total", "reason" => reason).increment(removed);
     Ok(removed)
@@ -298,9 +307,9 @@ mod tests {
         }
     }
 
-    fn code(result: Result<Device, EngineError>) -> &'static str {
+    fn code(result: Result<Device, Invalid>) -> &'static str {
         match result {
-            Err(EngineError::Invalid { code, .. }) => code,
+            Err(Invalid { code, .. }) => code,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }

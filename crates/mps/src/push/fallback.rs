@@ -16,10 +16,10 @@ use mps_proto::{Preferences, PushPolicy};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{Device, Notification, Outcome, Pushers};
-use crate::hub::AgentFilter;
 use crate::preferences::Muting;
 use crate::presence::Presence;
 use crate::store::{PushRecord, Store};
+use crate::words::AgentFilter;
 
 /// Messages waiting for the fallback; past this, pushes are dropped (the store still has them).
 const QUEUE: usize = 4096;
@@ -331,9 +331,10 @@ mod tests {
     use super::*;
     use crate::hub::{ConnInfo, Hub, Subscriptions};
     use crate::presence::LocalPresence;
-    use crate::push::{Priority, Vendor, Way};
+    use crate::push::{Priority, Vendor};
     use crate::store::NewMessage;
     use crate::store::sqlite::SqliteStore;
+    use crate::words::Way;
 
     /// Answers by token and remembers what it was asked to push.
     struct FakeVendor {

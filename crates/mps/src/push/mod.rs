@@ -10,9 +10,10 @@
 //!
 //! Modules: [`devices`] checks, opens and closes push modes (API and protocol alike);
 //! [`fallback`] is the engine's bounded background queue of vendor pushes; [`apns`], [`fcm`] and
-//! [`webpush`] are the vendor clients; `vendors.rs` builds them from the configuration
-//! ([`Pushers::from_config`]) and holds what they share (HTTPS client, retries, concurrency
-//! limit, metrics). What goes on the wire: docs/push.md.
+//! [`webpush`] are the vendor clients, built from the configuration here
+//! ([`Pushers::from_config`]); `vendors.rs` holds what they share (HTTPS client, retries,
+//! concurrency limit, metrics). The configuration types are in [`crate::config`]. What goes on
+//! the wire: docs/push.md.
 
 pub mod apns;
 pub mod devices;
@@ -22,58 +23,17 @@ mod vendors;
 pub mod webpush;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// A vendor channel a device can be reached through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Way {
-    Apns,
-    Fcm,
-    Webpush,
-}
+use vendors::Retry;
 
-impl Way {
-    pub const ALL: [Way; 3] = [Way::Apns, Way::Fcm, Way::Webpush];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Way::Apns => "apns",
-            Way::Fcm => "fcm",
-            Way::Webpush => "webpush",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Way> {
-        Way::ALL.into_iter().find(|w| w.as_str() == s)
-    }
-}
-
-/// One device's registration for one way: where a message for `user` goes when none of the
-/// user's connections on this device is live.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Device {
-    pub app: String,
-    pub user: String,
-    /// Client type (`ios`, `android`, `bs`...).
-    pub agent: String,
-    /// The app's own id of the device (the `Client` of its connections).
-    pub device: String,
-    pub way: Way,
-    /// APNs device token (hex), FCM registration token, or the Web Push subscription as JSON
-    /// (`{"endpoint": "...", "keys": {"p256dh": "...", "auth": "..."}}`).
-    pub token: String,
-    /// Components whose messages are pushed; empty means all.
-    #[serde(default)]
-    pub components: Vec<String>,
-    /// Unix ms of the last registration or refresh.
-    pub refreshed: i64,
-}
+use crate::config::{ApnsConfig, FcmConfig, PushConfig, WebPushConfig};
+use crate::words::{Device, Way};
 
 /// How urgently a notification should reach the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -158,6 +118,38 @@ pub struct Pushers {
 }
 
 impl Pushers {
+    /// Builds the vendor clients of every app in `[push.apps]`. Reads and checks every key
+    /// file now (signing a token with each key), so bad credentials stop the server at start
+    /// with the offending setting named, not at the first push.
+    pub fn from_config(config: &PushConfig) -> anyhow::Result<Pushers> {
+        anyhow::ensure!(config.attempts >= 1, "push.attempts must be at least 1");
+        anyhow::ensure!(
+            config.concurrency >= 1,
+            "push.concurrency must be at least 1"
+        );
+        let [apns_retry, fcm_retry, webpush_retry] = Way::ALL.map(|way| Retry::new(way, config));
+        let mut pushers = Pushers::default();
+        for (app, vendors) in &config.apps {
+            if let Some(apns) = &vendors.apns {
+                let client = apns::Apns::new(apns, apns_retry.clone(), config)
+                    .with_context(|| format!("[push.apps.{app}.apns]"))?;
+                pushers.insert(app, Arc::new(client));
+            }
+            if let Some(fcm) = &vendors.fcm {
+                let client = fcm::Fcm::new(fcm, fcm_retry.clone(), config)
+                    .with_context(|| format!("[push.apps.{app}.fcm]"))?;
+                pushers.insert(app, Arc::new(client));
+            }
+            if let Some(webpush) = &vendors.webpush {
+                let client = webpush::WebPush::new(webpush, webpush_retry.clone(), config)
+                    .with_context(|| format!("[push.apps.{app}.webpush]"))?;
+                pushers.set_vapid_public_key(app, client.public_key().to_owned());
+                pushers.insert(app, Arc::new(client));
+            }
+        }
+        Ok(pushers)
+    }
+
     /// Adds (or replaces) the vendor client of `app` for its way.
     pub fn insert(&mut self, app: &str, vendor: Arc<dyn Vendor>) {
         self.vendors.insert((app.to_owned(), vendor.way()), vendor);
@@ -184,114 +176,6 @@ impl Pushers {
     pub fn vapid_public_key(&self, app: &str) -> Option<&str> {
         self.vapid_public_keys.get(app).map(String::as_str)
     }
-}
-
-/// `[push]`: vendor credentials per app and the rules for device data.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PushConfig {
-    /// Registrations not refreshed for this many seconds expire (60 days).
-    pub expire_after: u64,
-    /// Most pushes in flight at once per vendor (APNs, FCM, Web Push) on this node.
-    pub concurrency: usize,
-    /// Attempts per push for temporary failures (429, 5xx, connection errors), first included.
-    pub attempts: u32,
-    /// First retry delay, milliseconds; doubled per attempt.
-    pub backoff_ms: u64,
-    /// Time limit of one request to a vendor (and of connecting), milliseconds.
-    pub timeout_ms: u64,
-    /// Per-app credentials: `[push.apps.<app>.apns]`, `.fcm`, `.webpush`, and the channels
-    /// `.webhook` and `.email`.
-    pub apps: BTreeMap<String, AppPush>,
-}
-
-impl Default for PushConfig {
-    fn default() -> Self {
-        PushConfig {
-            expire_after: 60 * 24 * 3600,
-            concurrency: 64,
-            attempts: 4,
-            backoff_ms: 200,
-            timeout_ms: 10_000,
-            apps: BTreeMap::new(),
-        }
-    }
-}
-
-/// The vendors configured for one app.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AppPush {
-    pub apns: Option<ApnsConfig>,
-    pub fcm: Option<FcmConfig>,
-    pub webpush: Option<WebPushConfig>,
-    /// The webhook channel (crate::channels): directed messages posted to the app's back end.
-    pub webhook: Option<crate::channels::WebhookChannelConfig>,
-    /// The e-mail channel (crate::channels::email): directed messages mailed through the
-    /// app's SMTP relay.
-    pub email: Option<crate::channels::email::EmailConfig>,
-}
-
-/// APNs with token-based authentication (a `.p8` signing key).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApnsConfig {
-    /// The `.p8` PEM file of the ES256 signing key.
-    pub key_file: PathBuf,
-    /// The key's id (`kid`).
-    pub key_id: String,
-    /// The developer team id (`iss`).
-    pub team_id: String,
-    /// The app's bundle id (`apns-topic`).
-    pub topic: String,
-    /// `https://api.push.apple.com` (default) or the sandbox; tests point it at a stand-in.
-    #[serde(default = "default_apns_endpoint")]
-    pub endpoint: String,
-    /// Extra PEM root certificate to trust (a local stand-in's).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Firebase Cloud Messaging HTTP v1 with a service account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FcmConfig {
-    /// The service-account JSON downloaded from the Firebase console.
-    pub service_account_file: PathBuf,
-    /// `https://fcm.googleapis.com` (default); tests point it at a stand-in.
-    #[serde(default = "default_fcm_endpoint")]
-    pub endpoint: String,
-    /// Overrides the service account's `token_uri`.
-    #[serde(default)]
-    pub token_uri: Option<String>,
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Web Push (RFC 8030) with `aes128gcm` payload encryption and VAPID.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebPushConfig {
-    /// PEM file of the VAPID P-256 private key.
-    pub vapid_key_file: PathBuf,
-    /// `mailto:` or `https:` contact of the sender (the VAPID `sub`).
-    pub subject: String,
-    /// Hosts subscription endpoints may point at (a name also admits its subdomains); empty
-    /// admits any host. Endpoints come from browsers, so this keeps mps from posting to
-    /// arbitrary addresses.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    /// Extra PEM root certificate to trust (a local push service's).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-fn default_apns_endpoint() -> String {
-    "https://api.push.apple.com".into()
-}
-
-fn default_fcm_endpoint() -> String {
-    "https://fcm.googleapis.com".into()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! What the three vendor clients share: building them from `[push]`, the HTTP client, the
-//! bounded retry loop with its per-vendor concurrency limit and metrics, and the short alert
-//! text shown on a phone's lock screen.
+//! What the three vendor clients share: the HTTP client, the bounded retry loop with its
+//! per-vendor concurrency limit and metrics, and the short alert text shown on a phone's lock
+//! screen.
 
 use std::future::Future;
 use std::path::Path;
@@ -10,46 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::Semaphore;
 
-use super::{Notification, Outcome, PushConfig, Pushers, Way};
+use super::{Notification, Outcome, PushConfig, Way};
 use crate::retry::Backoff;
 
 /// The longest wait between two attempts, whatever the vendor's `Retry-After` says; a vendor
 /// asking for more gets the push failed instead of a task parked for longer.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(60);
-
-impl Pushers {
-    /// Builds the vendor clients of every app in `[push.apps]`. Reads and checks every key
-    /// file now (signing a token with each key), so bad credentials stop the server at start
-    /// with the offending setting named, not at the first push.
-    pub fn from_config(config: &PushConfig) -> anyhow::Result<Pushers> {
-        anyhow::ensure!(config.attempts >= 1, "push.attempts must be at least 1");
-        anyhow::ensure!(
-            config.concurrency >= 1,
-            "push.concurrency must be at least 1"
-        );
-        let [apns_retry, fcm_retry, webpush_retry] = Way::ALL.map(|way| Retry::new(way, config));
-        let mut pushers = Pushers::default();
-        for (app, vendors) in &config.apps {
-            if let Some(apns) = &vendors.apns {
-                let client = super::apns::Apns::new(apns, apns_retry.clone(), config)
-                    .with_context(|| format!("[push.apps.{app}.apns]"))?;
-                pushers.insert(app, Arc::new(client));
-            }
-            if let Some(fcm) = &vendors.fcm {
-                let client = super::fcm::Fcm::new(fcm, fcm_retry.clone(), config)
-                    .with_context(|| format!("[push.apps.{app}.fcm]"))?;
-                pushers.insert(app, Arc::new(client));
-            }
-            if let Some(webpush) = &vendors.webpush {
-                let client = super::webpush::WebPush::new(webpush, webpush_retry.clone(), config)
-                    .with_context(|| format!("[push.apps.{app}.webpush]"))?;
-                pushers.set_vapid_public_key(app, client.public_key().to_owned());
-                pushers.insert(app, Arc::new(client));
-            }
-        }
-        Ok(pushers)
-    }
-}
 
 /// An HTTPS client for one vendor of one app (its own connection pool). `h2_only` offers only
 /// HTTP/2 in ALPN (APNs speaks nothing else); otherwise HTTP/2 is preferred and HTTP/1.1
@@ -116,7 +82,7 @@ pub(crate) struct Retry {
 }
 
 impl Retry {
-    fn new(way: Way, config: &PushConfig) -> Retry {
+    pub(crate) fn new(way: Way, config: &PushConfig) -> Retry {
         Retry {
             way,
             backoff: Backoff::new(

@@ -18,9 +18,7 @@ use mps_proto::{
 use serde_json::value::RawValue;
 
 use crate::audience::Expr;
-use crate::hub::AgentFilter;
-use crate::push::{Device, Way};
-use crate::words::Channel;
+use crate::words::{AgentFilter, Channel, Device, Way};
 
 /// The stored form of a message's shapes: JSON, or nothing when it has none.
 pub fn formats_column(formats: &BTreeMap<String, Format>) -> Option<String> {

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::audience::Expr;
 use crate::audience::sql::{self, Dialect, Param};
-use crate::push::{Device, Way};
+use crate::words::{Device, Way};
 
 /// Writes waiting for the writer task; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;

@@ -24,8 +24,8 @@ use super::{
 };
 use crate::audience::Expr;
 use crate::audience::sql::{self, Dialect, Param};
-use crate::hub::AgentFilter;
-use crate::push::{Device, Way};
+use crate::words::AgentFilter;
+use crate::words::{Device, Way};
 
 /// Writes waiting for the writer thread; senders wait when it is full.
 const WRITE_QUEUE: usize = 8192;

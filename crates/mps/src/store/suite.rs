@@ -8,8 +8,8 @@ use super::{
     PushRecord, Registered, StepRecord, Store, TermSet, TopicEntry,
 };
 use crate::audience::Audience;
-use crate::hub::AgentFilter;
-use crate::push::{Device, Way};
+use crate::words::AgentFilter;
+use crate::words::{Device, Way};
 
 fn message(id: u64, recipients: &[&str], agents: Option<&[&str]>, expires: i64) -> NewMessage {
     NewMessage {

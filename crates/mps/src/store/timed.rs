@@ -10,7 +10,7 @@ use metrics::{Counter, Histogram};
 use mps_proto::{MessageRecord, Page, PushedMessage};
 
 use super::*;
-use crate::push::{Device, Way};
+use crate::words::{Device, Way};
 
 /// One operation's duration histogram and failure counter.
 struct Timer {

@@ -13,11 +13,11 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::{IntoResponse, Response};
 use mps_proto::ErrorResponse;
 
-use super::count_bad_input;
 use super::session::failure_close;
 use super::socket::{Inbound, Socket};
-use crate::api::ApiError;
-use crate::api::openapi::NotFound;
+use crate::http::ApiError;
+use crate::http::NotFound;
+use crate::limits::count_bad_input;
 use crate::server::ServerState;
 
 /// WebSocket echo for conformance tests.

@@ -26,18 +26,13 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::api::ApiError;
 use crate::auth::{Identity, bearer};
-use crate::engine::check_name;
+use crate::http::ApiError;
 use crate::hub::{Conn, ConnInfo, Hub, Subscriptions};
 use crate::id::{MessageId, now_ms};
+use crate::limits::count_bad_input;
 use crate::server::ServerState;
-use crate::words::{EndReason, TransportKind};
-
-/// Records a rejected client input in metrics.
-pub fn count_bad_input(kind: &'static str) {
-    metrics::counter!("mps_bad_input_total", "kind" => kind).increment(1);
-}
+use crate::words::{EndReason, TransportKind, check_name};
 
 /// Why a login was refused: a stable code, a message, and its kind.
 #[derive(Debug)]
@@ -205,8 +200,8 @@ pub fn check_subscriptions(
         ));
     }
     for pattern in &subscriptions.topics {
-        crate::topic::check_pattern(pattern, topics.limits())
-            .map_err(|e| Refusal::invalid("invalid_topic", e.0))?;
+        crate::limits::check_pattern(pattern, topics.limits())
+            .map_err(|e| Refusal::invalid("invalid_topic", e.message))?;
         if !identity.may_subscribe(pattern, topics.require_claim) {
             return Err(Refusal {
                 code: "forbidden_topic",

@@ -12,11 +12,11 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use mps_proto::{Frame, PushedMessage};
 
-use super::{ClientQuery, Registration, count_bad_input, verify_client};
-use crate::api::openapi::{BadRequest, Forbidden, Unauthorized, Unavailable};
-use crate::api::{ApiError, Params};
+use super::{ClientQuery, Registration, verify_client};
 use crate::engine::CatchUp;
+use crate::http::{ApiError, BadRequest, Forbidden, Params, Unauthorized, Unavailable};
 use crate::hub::Outbound;
+use crate::limits::count_bad_input;
 use crate::server::ServerState;
 use crate::words::TransportKind;
 

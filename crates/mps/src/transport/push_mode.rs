@@ -5,13 +5,16 @@
 
 use mps_proto::{Frame, PROTOCOL_VERSION, close, frame::kind};
 
-use super::count_bad_input;
 use super::session::error_bytes;
 use super::socket::Socket;
-use crate::engine::{EngineError, encode};
-use crate::push::devices::{self, PushModeRequest, check_device_id, describe, parse_way};
+use crate::engine::encode;
+use crate::limits::count_bad_input;
+use crate::push::devices::{
+    self, DeviceError, PushModeRequest, check_device_id, describe, parse_way,
+};
 use crate::server::ServerState;
 use crate::store::DeviceSelector;
+use crate::words::Invalid;
 
 /// Whether a first frame asks for a push mode rather than a long connection.
 pub fn wanted(frame: &Frame) -> bool {
@@ -101,9 +104,9 @@ async fn change(state: &ServerState, frame: Frame) -> Result<Frame, Refusal> {
     }
 }
 
-fn refused(e: EngineError) -> Refusal {
-    match e {
-        EngineError::Invalid { code, message } => (close::PROTOCOL, code, message),
+fn refused(e: impl Into<DeviceError>) -> Refusal {
+    match e.into() {
+        DeviceError::Invalid(Invalid { code, message }) => (close::PROTOCOL, code, message),
         other => {
             tracing::error!(error = %other, "changing a push mode failed");
             (close::INTERNAL, "unavailable", other.to_string())

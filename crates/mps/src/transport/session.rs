@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mps_proto::{ClientInfo, Frame, close, frame::kind};
 
+use super::Registration;
 use super::socket::{CLOSE_WAIT, Failure, Inbound, Socket};
-use super::{Registration, count_bad_input};
 use crate::engine::{CatchUp, EngineError, encode};
 use crate::hub::{CloseReason, Conn, Outbound, Subscriptions};
-use crate::limits::TokenBucket;
+use crate::limits::{TokenBucket, count_bad_input};
 use crate::server::ServerState;
 use crate::words::EndReason;
 

@@ -14,9 +14,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{ClientQuery, Registration, verify_client};
-use crate::api::Params;
-use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
 use crate::engine::CatchUp;
+use crate::http::{BadRequest, Forbidden, Params, Unauthorized};
 use crate::hub::Outbound;
 use crate::server::ServerState;
 use crate::words::{EndReason, TransportKind};

@@ -15,10 +15,11 @@ use mps_proto::{ErrorResponse, Frame, PROTOCOL_VERSION, SessionInfo, close, fram
 
 use super::session::{self, error_bytes, failure_close};
 use super::socket::{Inbound, Socket};
-use super::{ClientQuery, Login, LoginRequest, count_bad_input, verify_client};
-use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
-use crate::api::{ApiError, Params};
+use super::{ClientQuery, Login, LoginRequest, verify_client};
 use crate::engine::encode;
+use crate::http::{ApiError, Params};
+use crate::http::{BadRequest, Forbidden, Unauthorized};
+use crate::limits::count_bad_input;
 use crate::server::ServerState;
 use crate::words::TransportKind;
 

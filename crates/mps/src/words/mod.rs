@@ -7,3 +7,12 @@ pub mod session;
 
 pub use channel::Channel;
 pub use session::{EndReason, TransportKind};
+mod agents;
+pub mod chain;
+mod device;
+mod names;
+
+pub use agents::AgentFilter;
+pub use chain::check_chain;
+pub use device::{Device, Way};
+pub use names::{Invalid, MAX_NAME, MAX_TITLE, check_name, invalid};

@@ -11,12 +11,12 @@ use mps_proto::Status;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{backend, status_code};
-use crate::hub::AgentFilter;
-use crate::push::{Device, Way};
 use crate::store::{
     Claimed, DeviceSelector, ExpiredRecipient, IdempotencyKey, KeyedWrite, NewMessage, PushRecord,
     Registered, StepRecord, StoreError, Swept, TermSet, TopicEntry,
 };
+use crate::words::AgentFilter;
+use crate::words::{Device, Way};
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 2048;

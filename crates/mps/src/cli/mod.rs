@@ -2,7 +2,10 @@
 //! running server's HTTP API through the `mps-client` crate and print a table, or with `--json`
 //! the API's own JSON. The server is `--url` (`MPS_URL`, else the configured `admin_listen`, else
 //! the listen address); the admin key is `--key` (`MPS_ADMIN_KEY`, else the configured key, else
-//! `admin.key` in the data directory, as `mps token` finds its secret).
+//! `admin.key` in the data directory, as `mps token` finds its secret). [`bench`] is `mps bench
+//! audience`, which times audience resolution against a store of its own.
+
+pub mod bench;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;

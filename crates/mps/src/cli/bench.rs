@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
 
-use super::Audience;
+use crate::audience::Audience;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, TermSet};

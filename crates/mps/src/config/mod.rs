@@ -1,5 +1,7 @@
-//! Configuration: defaults, then a TOML file, then `MPS_*` environment variables, then
-//! command-line flags (later wins). `mps serve --print-config` shows the merged result.
+//! Configuration: every section's type (the larger ones in `ingest.rs`, `push.rs` and
+//! `webhooks.rs`), and how they merge: defaults, then a TOML file, then `MPS_*` environment
+//! variables, then command-line flags (later wins). `mps serve --print-config` shows the merged
+//! result. It imports only the shared words, so every layer may read its own section.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,6 +10,18 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+mod ingest;
+mod push;
+mod webhooks;
+
+pub use ingest::{IngestConfig, NatsConfig, RabbitMqConfig};
+pub use push::{
+    ApnsConfig, AppPush, EmailConfig, FcmConfig, PushConfig, TlsMode, WebPushConfig,
+    WebhookChannelConfig,
+};
+pub use webhooks::WebhookConfig;
 
 /// Everything `mps serve` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,11 +55,11 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
     /// Message queues to consume messages from (`[[ingest.rabbitmq]]`, `[[ingest.nats]]`).
-    pub ingest: crate::ingest::IngestConfig,
+    pub ingest: IngestConfig,
     /// Vendor push (APNs, FCM, Web Push) credentials per app and device-data rules.
-    pub push: crate::push::PushConfig,
+    pub push: PushConfig,
     /// Signed HTTP callbacks to back ends on client and message events (`[[webhooks]]`).
-    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    pub webhooks: Vec<WebhookConfig>,
     /// Per-app settings: `[apps.<app>.formats.<agent>]` templates of the shape an agent's
     /// clients get (docs/formats.md).
     pub apps: BTreeMap<String, AppConfig>,
@@ -59,7 +73,18 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
     /// Templates per agent (`ios`, `android`) or vendor (`apns`, `fcm`, `webpush`).
-    pub formats: BTreeMap<String, crate::formats::Template>,
+    pub formats: BTreeMap<String, Template>,
+}
+
+/// `[apps.<app>.formats.<agent>]`: the title and content an agent's clients get, as templates
+/// over the message: a string `"${path}"` is replaced by the value at `path` (any JSON), and
+/// `${path}` inside a longer string by its text. Paths: `id`, `title`, `type`, `component`,
+/// `topic`, `sender`, `created`, `content` and `content.a.b` (into the content).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Template {
+    pub title: Option<String>,
+    pub content: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -352,8 +377,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
-            ingest: crate::ingest::IngestConfig::default(),
-            push: crate::push::PushConfig::default(),
+            ingest: IngestConfig::default(),
+            push: PushConfig::default(),
             webhooks: Vec::new(),
             apps: BTreeMap::new(),
             lines: BTreeMap::new(),
