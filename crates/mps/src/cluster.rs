@@ -29,6 +29,7 @@ use crate::config::{ClusterConfig, Config};
 use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::presence::redis::RedisPresence;
+use crate::shutdown::Tasks;
 use crate::store::Store;
 
 /// How long one Redis command may take before the node treats Redis as unavailable.
@@ -117,7 +118,13 @@ impl Cluster {
 pub type Joined = (Arc<Hub>, Arc<dyn Broker>, Arc<dyn Presence>);
 
 /// Joins the cluster at `url`: the hub reports to the Redis broker and registry.
-pub fn join(config: &Config, url: &str, hub: Hub, store: Arc<dyn Store>) -> anyhow::Result<Joined> {
+pub fn join(
+    config: &Config,
+    url: &str,
+    hub: Hub,
+    store: Arc<dyn Store>,
+    tasks: &Tasks,
+) -> anyhow::Result<Joined> {
     crate::telemetry::preregister_cluster();
     if config.store.postgres_url.is_none() {
         tracing::warn!(
@@ -130,13 +137,14 @@ pub fn join(config: &Config, url: &str, hub: Hub, store: Arc<dyn Store>) -> anyh
     let (broker_tx, broker_rx) = tokio::sync::mpsc::unbounded_channel();
     let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
     let hub = Arc::new(hub.with_observer(broker_tx).with_observer(presence_tx));
-    let broker = RedisBroker::start(cluster.clone(), hub.clone(), store, broker_rx)
+    let broker = RedisBroker::start(cluster.clone(), hub.clone(), store, broker_rx, tasks)
         .context("Redis subscriber")?;
     let presence = RedisPresence::start(
         cluster,
         hub.clone(),
         config.cluster.presence_ttl,
         presence_rx,
+        tasks,
     );
     Ok((hub, Arc::new(broker), Arc::new(presence)))
 }

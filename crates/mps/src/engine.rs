@@ -11,10 +11,12 @@ use mps_proto::{
     SendMessage, SendResult,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::audience::Audience;
 use crate::auth::DEFAULT_APP;
 use crate::broker::Broker;
+use crate::channels::Channels;
 use crate::config::{Config, MessagesConfig, TopicsConfig};
 use crate::formats::Template;
 use crate::hub::{AgentFilter, Envelope, Target};
@@ -22,10 +24,10 @@ use crate::id::{IdGen, now_ms};
 use crate::presence::{Presence, PresenceError};
 use crate::push::fallback::{Fallback, Job};
 use crate::push::{Notification, Priority};
+use crate::shutdown::Tasks;
 use crate::store::{
     Claimed, IdempotencyKey, KeyedWrite, NewMessage, Store, StoreError, TopicEntry, TopicReplay,
 };
-use crate::webhooks;
 
 /// Longest user, component, agent, app or sender name.
 pub const MAX_NAME: usize = 256;
@@ -146,6 +148,10 @@ pub struct Engine {
     delivered: mpsc::Sender<Delivered>,
     /// Directed messages go on to the recipients' registered devices through it.
     push: Arc<Fallback>,
+    /// The webhook and e-mail channels and the back ends' events.
+    channels: Arc<Channels>,
+    /// Where the delivery recorder runs.
+    tasks: Tasks,
 }
 
 impl Engine {
@@ -157,9 +163,16 @@ impl Engine {
         presence: Arc<dyn Presence>,
         config: &Config,
         push: Arc<Fallback>,
+        channels: Arc<Channels>,
+        tasks: &Tasks,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(record_deliveries(store.clone(), rx));
+        tasks.spawn(record_deliveries(
+            store.clone(),
+            rx,
+            channels.clone(),
+            tasks.token(),
+        ));
         Arc::new(Engine {
             store,
             broker,
@@ -175,6 +188,8 @@ impl Engine {
                 .collect(),
             delivered: tx,
             push,
+            channels,
+            tasks: tasks.clone(),
         })
     }
 
@@ -471,10 +486,10 @@ impl Engine {
             self.push.offer(job);
         }
         if let Some((users, message)) = webhook {
-            crate::channels::offer_webhook(&app, &users, &message);
+            self.channels.offer_webhook(&app, &users, &message);
         }
         if step_now {
-            crate::channels::chain::nudge();
+            self.channels.nudge();
         }
         Ok(SendResult {
             id: id.to_string(),
@@ -603,7 +618,9 @@ impl Engine {
             self.delivered.try_send(Delivered { app, user, ids })
         {
             let recorder = self.delivered.clone();
-            tokio::spawn(async move { recorder.send(record).await });
+            self.tasks.spawn(async move {
+                let _ = recorder.send(record).await;
+            });
         }
     }
 
@@ -621,7 +638,9 @@ impl Engine {
         let count = ids.len() as u64;
         let changed = self.store.mark_delivered(app, user, ids).await?;
         crate::telemetry::hot().directed_delivered.increment(count);
-        webhooks::recipients(EventType::MessageDelivered, app, user, &changed);
+        self.channels
+            .events()
+            .recipients(EventType::MessageDelivered, app, user, &changed);
         Ok(())
     }
 
@@ -636,7 +655,9 @@ impl Engine {
         let ids = parse_ids(ids)?;
         let acked = self.store.ack(app, user, ids).await?;
         metrics::counter!("mps_acks_total").increment(acked.len() as u64);
-        webhooks::recipients(EventType::MessageAcked, app, user, &acked);
+        self.channels
+            .events()
+            .recipients(EventType::MessageAcked, app, user, &acked);
         Ok(acked.len() as u64)
     }
 
@@ -650,7 +671,9 @@ impl Engine {
         let pending = self.store.pending(app, user, None, 0, limit).await?;
         let ids = pending.iter().filter_map(|m| m.id.parse().ok()).collect();
         let changed = self.store.mark_delivered(app, user, ids).await?;
-        webhooks::recipients(EventType::MessageDelivered, app, user, &changed);
+        self.channels
+            .events()
+            .recipients(EventType::MessageDelivered, app, user, &changed);
         Ok(pending)
     }
 
@@ -673,7 +696,7 @@ impl Engine {
             .map_err(|e| invalid("invalid_channels", e))?;
         if let Some((channel, _)) = chain
             .iter()
-            .find(|(c, _)| !crate::channels::configured(app, c))
+            .find(|(c, _)| !self.channels.configured(app, c))
         {
             return Err(invalid(
                 "channel_not_configured",
@@ -692,9 +715,7 @@ impl Engine {
         recipients: &[String],
         ttl: u64,
     ) -> BTreeMap<String, Chosen> {
-        if !crate::channels::configured(app, "email")
-            && !crate::channels::configured(app, "webhook")
-        {
+        if !self.channels.configured(app, "email") && !self.channels.configured(app, "webhook") {
             return BTreeMap::new();
         }
         let found = match self.store.preferences(app, recipients).await {
@@ -716,7 +737,7 @@ impl Engine {
                         let step = crate::channels::check_chain(std::slice::from_ref(choice), ttl)
                             .ok()?
                             .pop()?;
-                        crate::channels::configured(app, step.0).then_some(step)
+                        self.channels.configured(app, step.0).then_some(step)
                     })
                     .collect();
                 (user, Chosen::from_chain(chain))
@@ -848,9 +869,15 @@ impl Engine {
 
 /// Commits delivery records in batches: everything queued while the previous batch committed
 /// goes into the store together, where the writer folds it into one transaction.
-async fn record_deliveries(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Delivered>) {
+/// On shutdown it takes no more and commits what is queued.
+async fn record_deliveries(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Delivered>,
+    channels: Arc<Channels>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    while crate::shutdown::next_many(&mut rx, &mut batch, 256, &stop).await > 0 {
         let mut by_user: HashMap<(Arc<str>, Arc<str>), Vec<u64>> = HashMap::new();
         for d in batch.drain(..) {
             by_user.entry((d.app, d.user)).or_default().extend(d.ids);
@@ -859,10 +886,11 @@ async fn record_deliveries(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Deliver
             .into_iter()
             .map(|((app, user), ids)| {
                 let store = store.clone();
+                let events = channels.events();
                 async move {
                     match store.mark_delivered(&app, &user, ids).await {
                         Ok(changed) => {
-                            webhooks::recipients(EventType::MessageDelivered, &app, &user, &changed)
+                            events.recipients(EventType::MessageDelivered, &app, &user, &changed)
                         }
                         Err(e) => tracing::warn!(error = %e, "recording deliveries failed"),
                     }

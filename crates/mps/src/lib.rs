@@ -30,7 +30,10 @@
 //! - [`listener`]: accepts TCP connections within the limits and serves HTTP/1.1 on them.
 //! - [`tls`]: TLS on the client listener, its certificate reloaded on SIGHUP.
 //! - [`origin`]: the browser origins allowed on the browser-facing routes, and their CORS.
-//! - [`server`]: wiring, sweeper and graceful shutdown.
+//! - [`state`]: what every handler and session of a running server shares.
+//! - [`server`]: wiring, sweeper and graceful shutdown; [`server::run`] runs a whole server
+//!   in-process.
+//! - [`shutdown`]: the one shutdown: a token every long-lived task watches, a tracker of them.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`cli`]: the operator commands (`mps send`, `mps clients`, `mps messages`), clients of
 //!   the HTTP API.
@@ -58,6 +61,8 @@ pub mod preferences;
 pub mod presence;
 pub mod push;
 pub mod server;
+pub mod shutdown;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -16,7 +16,7 @@ use super::{ApiError, Body, Params};
 use crate::auth::{DEFAULT_APP, Identity, bearer};
 use crate::engine::check_name;
 use crate::push::devices::{self, PushModeRequest, check_device_id, describe, parse_way};
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::{DeviceQuery, DeviceSelector};
 
 /// Who is calling: the back end with the admin key, or a client with its token.

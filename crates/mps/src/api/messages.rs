@@ -16,7 +16,7 @@ use super::openapi::{
     BadRequest, NotFound, TooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
 };
 use super::{Admin, ApiError, Body, Client, Params};
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::MessageQuery;
 
 /// Most messages one pull returns.

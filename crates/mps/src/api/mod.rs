@@ -28,7 +28,7 @@ use utoipa_axum::routes;
 use crate::auth::{AuthError, Identity, bearer};
 use crate::engine::EngineError;
 use crate::presence::PresenceError;
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::StoreError;
 
 /// Every route the server serves, each registered together with its OpenAPI operation (the

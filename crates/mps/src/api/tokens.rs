@@ -10,7 +10,7 @@ use super::openapi::{BadRequest, TooLarge, Unauthorized, UnsupportedMediaType};
 use super::{Admin, ApiError, Body};
 use crate::auth::DEFAULT_APP;
 use crate::engine::check_name;
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// Issue a client token.
 ///

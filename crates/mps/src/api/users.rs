@@ -19,7 +19,7 @@ use super::{Admin, ApiError, Body, Client, Params};
 use crate::audience;
 use crate::auth::DEFAULT_APP;
 use crate::engine::check_name;
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::TermSet;
 
 /// `?app=` of the reading routes.

@@ -33,6 +33,7 @@ use super::{Broker, BrokerError};
 use crate::cluster::{Cluster, run};
 use crate::engine::{BACKLOG_PAGE, MAX_REPLAY, encode_push};
 use crate::hub::{CloseReason, Envelope, Hub, HubEvent, Outbound, Target};
+use crate::shutdown::Tasks;
 use crate::store::Store;
 
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
@@ -62,6 +63,7 @@ impl RedisBroker {
         hub: Arc<Hub>,
         store: Arc<dyn Store>,
         events: mpsc::UnboundedReceiver<HubEvent>,
+        tasks: &Tasks,
     ) -> redis::RedisResult<RedisBroker> {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let subscriber = ConnectionManager::new_lazy_with_config(
@@ -71,7 +73,7 @@ impl RedisBroker {
         let (barriers, barrier_rx) = mpsc::unbounded_channel();
         let recent = Arc::new(Recent::default());
         let lost = Arc::new(Notify::new());
-        tokio::spawn(receive(
+        tasks.spawn_until_stopped(receive(
             push_rx,
             hub.clone(),
             cluster.instance,
@@ -88,8 +90,9 @@ impl RedisBroker {
             hub: hub.clone(),
             store,
             recent: recent.clone(),
+            tasks: tasks.clone(),
         };
-        tokio::spawn(subscriptions.run(events, barrier_rx, lost));
+        tasks.spawn_until_stopped(subscriptions.run(events, barrier_rx, lost));
         Ok(RedisBroker {
             cluster,
             hub,
@@ -201,6 +204,8 @@ struct Subscriptions {
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
     recent: Arc<Recent>,
+    /// Where resyncs run.
+    tasks: Tasks,
 }
 
 impl Subscriptions {
@@ -349,7 +354,7 @@ impl Subscriptions {
                 channels = wanted.len(),
                 "Redis subscriber connection back; resyncing local connections"
             );
-            tokio::spawn(resync(
+            self.tasks.spawn_until_stopped(resync(
                 self.hub.clone(),
                 self.store.clone(),
                 self.recent.clone(),

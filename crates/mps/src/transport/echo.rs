@@ -18,7 +18,7 @@ use super::session::failure_close;
 use super::socket::{Inbound, Socket};
 use crate::api::ApiError;
 use crate::api::openapi::NotFound;
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// WebSocket echo for conformance tests.
 ///

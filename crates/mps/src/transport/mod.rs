@@ -31,7 +31,8 @@ use crate::auth::{Identity, bearer};
 use crate::engine::check_name;
 use crate::hub::{Conn, ConnInfo, Hub, Subscriptions};
 use crate::id::now_ms;
-use crate::server::ServerState;
+use crate::state::ServerState;
+use crate::webhooks::Webhooks;
 
 /// Records a rejected client input in metrics.
 pub fn count_bad_input(kind: &'static str) {
@@ -322,6 +323,8 @@ pub const CONNECTIONS: &str = "mps::connections";
 /// A registered connection that leaves the hub when dropped, however its transport ends.
 pub struct Registration {
     hub: Arc<Hub>,
+    /// Told when the connection leaves.
+    webhooks: Arc<Webhooks>,
     pub conn: Arc<Conn>,
     /// Why the connection ended (a metrics label); set by the transport.
     pub reason: &'static str,
@@ -360,10 +363,11 @@ impl Registration {
                 request_id = login.request_id.as_deref(),
                 "client connected"
             );
-            crate::webhooks::client_connected(&conn, state.hub.node());
+            state.webhooks.client_connected(&conn, state.hub.node());
         }
         Ok(Registration {
             hub: state.hub.clone(),
+            webhooks: state.webhooks.clone(),
             conn,
             reason: "client_closed",
             close_code: None,
@@ -403,7 +407,8 @@ impl Drop for Registration {
                 duration_ms,
                 "client disconnected"
             );
-            crate::webhooks::client_disconnected(&self.conn, self.hub.node(), self.reason);
+            self.webhooks
+                .client_disconnected(&self.conn, self.hub.node(), self.reason);
         }
     }
 }

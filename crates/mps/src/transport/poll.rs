@@ -17,7 +17,7 @@ use super::{ClientQuery, Registration, count_bad_input, verify_client};
 use crate::api::openapi::{BadRequest, Forbidden, Unauthorized, Unavailable};
 use crate::api::{ApiError, Params};
 use crate::hub::Outbound;
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// Default and longest wait of a long poll, seconds.
 pub const DEFAULT_WAIT: u64 = 25;

@@ -10,7 +10,7 @@ use super::session::error_bytes;
 use super::socket::Socket;
 use crate::engine::{EngineError, encode};
 use crate::push::devices::{self, PushModeRequest, check_device_id, describe, parse_way};
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::DeviceSelector;
 
 /// Whether a first frame asks for a push mode rather than a long connection.

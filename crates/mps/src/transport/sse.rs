@@ -18,7 +18,7 @@ use super::{ClientQuery, Registration, verify_client};
 use crate::api::Params;
 use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
 use crate::hub::{CloseReason, Outbound};
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// Milliseconds `EventSource` waits before reconnecting.
 const RETRY_MS: u64 = 3000;

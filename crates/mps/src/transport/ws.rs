@@ -19,7 +19,7 @@ use super::{ClientQuery, Login, LoginRequest, count_bad_input, verify_client};
 use crate::api::openapi::{BadRequest, Forbidden, Unauthorized};
 use crate::api::{ApiError, Params};
 use crate::engine::encode;
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// WebSocket, Message Push Protocol.
 ///
