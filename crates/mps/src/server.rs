@@ -164,8 +164,14 @@ pub async fn run(
         .context("TLS certificate and key")?
         .map(Arc::new);
     let work = Tasks::new();
-    let state = build(config, &listeners, tls.is_some(), &work).await?;
-    start(&state, listeners, tls, &work)?;
+    // What started before a step failed stops with it.
+    let state = build(config, &listeners, tls.is_some(), &work)
+        .await
+        .inspect_err(|_| work.stop())?;
+    if let Err(e) = start(&state, listeners, tls, &work) {
+        shut_down(&state, &work, bound).await;
+        return Err(e);
+    }
     stop.cancelled().await;
     Ok(shut_down(&state, &work, bound).await)
 }
