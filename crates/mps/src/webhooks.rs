@@ -4,10 +4,11 @@
 //!
 //! Events are recorded from wherever they happen (the transports, the engine, the sweeper, the
 //! vendor push) through the server's [`Webhooks`] ([`Webhooks::emit`] and its helpers); with no
-//! webhook configured for an event type that costs one comparison. Each configured webhook has its own bounded queue
-//! and task: a full queue drops the event (counted), never blocking delivery; the task posts the
-//! waiting events in one signed request and retries failures with exponential backoff, a bounded
-//! number of times, so a slow receiver holds up only its own queue.
+//! webhook configured for an event type that costs one comparison. Each configured webhook has
+//! its own bounded queue and task: a full queue drops the event (counted), never blocking
+//! delivery; the task posts the waiting events in one signed request and retries failures with
+//! exponential backoff, a bounded number of times, so a slow receiver holds up only its own
+//! queue. On shutdown the task posts what its queue holds, then ends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,14 +12,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mps_proto::{ChannelStatus, EventData, PushPolicy, PushedMessage, Status};
+use tokio_util::sync::CancellationToken;
+
 use super::Channels;
 use super::email::Email;
 use crate::push::fallback::{Fallback, Job};
 use crate::push::{Notification, Priority, Way};
 use crate::shutdown::Tasks;
 use crate::store::{DueStep, StepRecord, Store};
-use mps_proto::{ChannelStatus, EventData, PushPolicy, PushedMessage, Status};
-use tokio_util::sync::CancellationToken;
 
 /// How long a claimed step waits before it is taken again when it was not settled.
 pub const RETRY_AFTER_MS: i64 = 5 * 60_000;

@@ -4,10 +4,11 @@
 //! chain that runs a message's channels in order, later ones only for recipients who have not
 //! acked it by then ([`chain`]).
 //!
-//! A message picks its channels with `channels` on `SendMessage`. A server's [`Channels`] holds
-//! them for every app. Each app's webhook channel has a bounded queue and one task: a full queue drops the request (counted), never blocking
-//! the sender; the task posts through [`crate::webhooks`]' signing and retrying poster and
-//! records each recipient's outcome in the store.
+//! A message picks its channels with `channels` on `SendMessage`; a server's [`Channels`] holds
+//! every app's. Each app's webhook channel has a bounded queue and one task: a full queue drops
+//! the request (counted), never blocking the sender; the task posts through
+//! [`crate::webhooks`]' signing and retrying poster and records each recipient's outcome in the
+//! store, and on shutdown posts what its queue holds, then ends.
 
 pub mod chain;
 pub mod email;
@@ -117,13 +118,13 @@ struct AppChannel {
     queue: mpsc::Sender<ChannelMessage>,
 }
 
-/// The webhook and e-mail channels of a server's apps, and the wake-up of its chain runner.
+/// The webhook and e-mail channels of a server's apps, the wake-up of its chain runner, and
+/// the back ends' events that the engine and the channels report.
 pub struct Channels {
     webhooks: BTreeMap<String, AppChannel>,
     email: email::Mailer,
     /// Rung when the engine stored a chain step due now.
     nudge: Notify,
-    /// The back ends' event callbacks, which the engine and the channels report to.
     events: Arc<Webhooks>,
 }
 
