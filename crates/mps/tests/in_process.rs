@@ -171,6 +171,16 @@ async fn shutdown_ends_every_task_and_says_going_away() {
     for user in ["dave", "erin"] {
         clients.push(server.connect(user).await.expect("open"));
     }
+    let token = server.api().token("fay").await.unwrap().token;
+    let url = server.api().sse_url(&[("token", token)]).unwrap();
+    let mut stream = mps_client::Sse::connect(&url, &[])
+        .await
+        .expect("event stream");
+    common::eventually("the stream's client is online", || {
+        let api = server.api();
+        async move { api.clients().await.is_ok_and(|c| c.len() == 3) }
+    })
+    .await;
 
     let started = Instant::now();
     let stopping = tokio::spawn(server.stop());
@@ -178,6 +188,7 @@ async fn shutdown_ends_every_task_and_says_going_away() {
         let (code, _) = client.closed(WAIT).await.expect("closed by the server");
         assert_eq!(code, 1001);
     }
+    stream.closed(WAIT).await.expect("the event stream ends");
     let stopped = stopping.await.unwrap();
     assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
     assert_eq!(stopped.lingering, 0, "every task ended");
@@ -191,7 +202,7 @@ async fn shutdown_ends_every_task_and_says_going_away() {
             .filter(|e| e.body.event_type() == EventType::ClientDisconnected)
             .count();
     }
-    assert_eq!(disconnects, 2);
+    assert_eq!(disconnects, 3);
 }
 
 #[tokio::test]
