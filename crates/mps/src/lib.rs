@@ -5,6 +5,7 @@
 //!
 //! 0. Words:
 //!    - [`id`]: sortable, cluster-unique message ids.
+//!    - [`shutdown`]: the one shutdown: a token every long-lived task watches, a tracker of them.
 //!    - [`topic`]: topic names and MQTT-style patterns (`+`, `#`).
 //!    - [`retry`]: the one retry policy (exponential backoff, cap, full jitter, attempts).
 //!    - [`words`]: the shared vocabulary that every layer may use (ways and devices, agent
@@ -38,6 +39,7 @@
 //!    - [`webhooks`]: signed HTTP callbacks to back ends on client and message events.
 //! 5. [`engine`]: the delivery engine: accepts messages, stores, publishes, backlogs, acks.
 //! 6. Surfaces:
+//!    - [`state`]: what every handler and session of a running server shares.
 //!    - [`http`]: the API error and the error answers every HTTP surface shares.
 //!    - [`api`]: the HTTP API under `/api/v1`, health and metrics.
 //!    - [`transport`]: thin adapters from client connections (WebSocket, SSE, polling) to the
@@ -48,7 +50,8 @@
 //!    - [`origin`]: the browser origins allowed on the browser-facing routes, and their CORS.
 //!    - [`tls`]: TLS on the client listener, its certificate reloaded on SIGHUP.
 //! 7. Wiring:
-//!    - [`server`]: wiring, sweeper and graceful shutdown.
+//!    - [`server`]: wiring, sweeper and graceful shutdown; [`server::run`] runs a whole server
+//!      in-process.
 //!    - [`cli`]: the operator commands (`mps send`, `mps clients`, `mps messages`), clients of
 //!      the HTTP API, and `mps bench audience`.
 
@@ -74,6 +77,8 @@ pub mod presence;
 pub mod push;
 pub mod retry;
 pub mod server;
+pub mod shutdown;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -1,8 +1,8 @@
 //! The TCP listener: accepts connections, admits them against the connection limits (in total
 //! and per remote address), completes the TLS handshake when TLS is on (within
 //! `limits.request_timeout`), serves HTTP/1.1 with upgrades through hyper with a deadline on each
-//! request head (slowloris), and shuts down gracefully: stop accepting, let the requests in
-//! flight finish, close idle connections.
+//! request head (slowloris), and shuts down gracefully when its [`Tasks`] stop: stop accepting,
+//! let the requests in flight finish, close idle connections.
 //!
 //! Each socket carries its [`Permit`] until it closes, including after an upgrade to
 //! WebSocket, so the counts are of open sockets, not of requests.
@@ -23,11 +23,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::http::ApiError;
 use crate::limits::{Admission, Full, Limit, Permit, rejected};
+use crate::shutdown::Tasks;
 use crate::tls::Tls;
 
 /// Seconds a refused client is told to wait (`Retry-After`).
@@ -41,24 +42,20 @@ pub struct Edge {
     pub request_timeout: Duration,
     /// TLS for every accepted connection, when on.
     pub tls: Option<Arc<Tls>>,
+    /// Where its connections run; their stop is the listener's.
+    pub tasks: Tasks,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then waits for the connections'
-/// requests in flight (upgraded WebSockets are not waited for: they are the hub's).
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    edge: Edge,
-    shutdown: impl Future<Output = ()>,
-) {
+/// Serves `app` on `listener` until the edge's tasks stop; its connections, tasks of the
+/// same tracker, then finish their requests in flight (upgraded WebSockets are sessions of
+/// their own).
+pub async fn serve(listener: TcpListener, app: Router, edge: Edge) {
     let Edge {
         admission,
         request_timeout,
         tls,
+        tasks,
     } = edge;
-    // Every connection task holds a receiver; when all are dropped, everything has finished.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -68,7 +65,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = tasks.stopping() => break,
         };
         let tls = tls.clone();
         let permit = match admission.admit(remote.ip()) {
@@ -80,14 +77,14 @@ pub async fn serve(
                 };
                 rejected(limit);
                 if let Some(permit) = admission.refusing(remote.ip()) {
-                    tokio::spawn(refuse(stream, permit, remote, tls, full, request_timeout));
+                    tasks.spawn(refuse(stream, permit, remote, tls, full, request_timeout));
                 }
                 continue;
             }
         };
         let app = app.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
+        let stop = tasks.token();
+        tasks.spawn(async move {
             let Some(stream) = secure(stream, tls, remote, request_timeout).await else {
                 return;
             };
@@ -98,9 +95,6 @@ pub async fn serve(
             connection(io, remote, app, request_timeout, stop).await;
         });
     }
-    drop(stop_rx);
-    let _ = stop_tx.send(true);
-    stop_tx.closed().await;
 }
 
 /// The accepted socket as it is served: as is, or after the TLS handshake. A handshake that
@@ -136,7 +130,7 @@ async fn connection(
     remote: SocketAddr,
     app: Router,
     request_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let served = Arc::new(AtomicBool::new(false));
     let seen = served.clone();
@@ -151,8 +145,7 @@ async fn connection(
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        // The only change ever sent is the stop.
-        Ok(()) = stop.changed() => {
+        _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

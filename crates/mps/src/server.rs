@@ -1,95 +1,42 @@
-//! Wiring: builds the store, broker, hub and engine from the configuration, serves HTTP and
-//! WebSocket on the client listener (with TLS when configured; SIGHUP reloads its certificate)
-//! and the admin routes on it or on their own listener (`admin_listen`), runs the expiry
-//! sweeper, and shuts down gracefully on SIGTERM or Ctrl-C (stop accepting, close connections
-//! with "going away", let the store finish).
+//! Wiring: builds the store, broker, hub, channels and engine from the configuration, serves
+//! HTTP and WebSocket on the client listener (with TLS when configured; SIGHUP reloads its
+//! certificate) and the admin routes on it or on their own listener (`admin_listen`), runs the
+//! expiry sweeper, and shuts everything down in one go ([`run`]; [`serve`] on SIGTERM or
+//! Ctrl-C): stop accepting, close connections with "going away", let consumers settle, then let
+//! the channels, webhooks and delivery recorder finish, within `shutdown_timeout`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, Identity};
+use crate::auth::Authenticator;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, LocalBroker};
+use crate::channels::Channels;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::http::ApiError;
 use crate::hub::{CloseReason, Hub};
 use crate::ingest::Ingest;
 use crate::limits::{Admission, RequestRates};
 use crate::presence::redis::RedisPresence;
 use crate::presence::{LocalPresence, Presence};
 use crate::push::Pushers;
+use crate::push::fallback::Fallback;
+use crate::shutdown::Tasks;
+use crate::state::ServerState;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::timed::TimedStore;
-
-/// What every handler and session shares.
-pub struct ServerState {
-    pub config: Config,
-    pub auth: Authenticator,
-    pub engine: Arc<Engine>,
-    pub hub: Arc<Hub>,
-    /// Online clients of every node (this node's hub when not in a cluster).
-    pub presence: Arc<dyn Presence>,
-    /// Message queue consumers; `/readyz` asks whether they are connected.
-    pub ingest: Arc<Ingest>,
-    pub metrics: PrometheusHandle,
-    pub started: Instant,
-    /// The address actually bound (the configured port may be 0).
-    pub local_addr: SocketAddr,
-    /// Whether the client listener speaks TLS (`wss://` URLs).
-    pub tls: bool,
-    /// Connections in total and per address (`limits.*connections*`).
-    pub admission: Arc<Admission>,
-    /// Request rates per admin key and per client-token user.
-    pub rates: RequestRates,
-    shutting_down: AtomicBool,
-}
-
-impl ServerState {
-    pub fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request or login of a client-token user against `limits.client_rate`.
-    pub fn client_request(&self, identity: &Identity) -> Result<(), ApiError> {
-        self.rates
-            .client(identity)
-            .map_err(|wait| ApiError::rate_limited(crate::limits::Limit::ClientRate, wait))
-    }
-
-    /// Counts a request with the admin key against `limits.api_rate`.
-    pub fn admin_request(&self) -> Result<(), ApiError> {
-        self.rates
-            .admin()
-            .map_err(|wait| ApiError::rate_limited(crate::limits::Limit::ApiRate, wait))
-    }
-
-    /// Client-facing WebSocket URLs per network line; the listener's own when none configured.
-    pub fn client_urls(&self) -> BTreeMap<String, String> {
-        if self.config.lines.is_empty() {
-            let scheme = if self.tls { "wss" } else { "ws" };
-            BTreeMap::from([(
-                "default".to_owned(),
-                format!("{scheme}://{}/ws", self.local_addr),
-            )])
-        } else {
-            self.config.lines.clone()
-        }
-    }
-}
+use crate::webhooks::Webhooks;
 
 /// Secrets that `serve` and `token` both need: from the configuration, else from the data
 /// directory, else generated there (mode 0600) on first start.
@@ -161,180 +108,82 @@ pub fn authenticator(config: &Config, secrets: &Secrets) -> anyhow::Result<Authe
         .context("auth configuration")
 }
 
+/// The sockets a server answers on, bound before it runs so that its caller knows their
+/// addresses (the configured ports may be 0).
+pub struct Listeners {
+    pub client: TcpListener,
+    /// The admin routes' own listener (`admin_listen`).
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `listen` and `admin_listen`.
+    pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let client = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(listen(addr).with_context(|| format!("binding {addr}"))?),
+            None => None,
+        };
+        Ok(Listeners { client, admin })
+    }
+}
+
+/// How a shutdown went.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Tasks still running when `shutdown_timeout` was up (0 when everything stopped).
+    pub lingering: usize,
+}
+
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let metrics = crate::telemetry::init_metrics()?;
-    let secrets = Secrets::resolve(&config, true)?;
-    let auth = authenticator(&config, &secrets)?;
-    let pushers = Arc::new(Pushers::from_config(&config.push).context("push configuration")?);
-    let store: Arc<dyn Store> = match &config.store.postgres_url {
-        Some(url) => Arc::new(
-            PostgresStore::connect(url, config.store.postgres_pool)
-                .await
-                .context("opening the PostgreSQL store")?,
-        ),
-        None => Arc::new(
-            SqliteStore::open(&config.data_dir)
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-        ),
-    };
-    let store: Arc<dyn Store> = Arc::new(TimedStore::new(store));
-    let node = config.node_name();
-    crate::webhooks::start(&config.webhooks, &node, config.node_id).context("webhooks")?;
-    crate::channels::start(
-        config
-            .push
-            .apps
-            .iter()
-            .filter_map(|(app, push)| Some((app, push.webhook.as_ref()?))),
-        store.clone(),
-    )
-    .context("channels")?;
-    crate::channels::email::start(
-        config
-            .push
-            .apps
-            .iter()
-            .filter_map(|(app, push)| Some((app, push.email.as_ref()?))),
-        store.clone(),
-    )
-    .context("e-mail channel")?;
-    let hub = Hub::new(&node, config.node_id, config.connection.queue)
-        .with_user_limit(config.limits.connections_per_user);
-    let (hub, broker, presence): Joined = match &config.cluster.redis_url {
-        Some(url) => join_cluster(&config, url, hub)?,
-        None => {
-            let hub = Arc::new(hub);
-            (
-                hub.clone(),
-                Arc::new(LocalBroker::new(hub.clone())),
-                Arc::new(LocalPresence::new(hub)),
-            )
-        }
-    };
-    let push = crate::push::fallback::Fallback::start(store.clone(), presence.clone(), pushers);
-    crate::channels::chain::start(store.clone(), push.clone());
-    let engine = Engine::new(store.clone(), broker, presence.clone(), &config, push);
-    tokio::spawn(engine.clone().catch_up_after_reconnects(hub.clone()));
-    let ingest = Ingest::start(&config.ingest, engine.clone(), config.messages.max_body)
-        .context("message queue ingestion")?;
+    let listeners = Listeners::bind(&config)?;
+    let stop = CancellationToken::new();
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    let stopped = run(config, listeners, stop).await?;
+    if stopped.lingering > 0 {
+        tracing::warn!(
+            tasks = stopped.lingering,
+            "shutdown_timeout passed: cutting off what has not finished"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a whole server in the current runtime on `listeners` until `stop` is cancelled, then
+/// shuts it down within `shutdown_timeout`. Everything it starts belongs to it, so one process
+/// can run several servers, each with its own configuration (the tests do).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    stop: CancellationToken,
+) -> anyhow::Result<Stopped> {
+    let bound = Duration::from_secs(config.shutdown_timeout);
     let tls = crate::tls::Tls::from_config(&config.tls)
         .context("TLS certificate and key")?
         .map(Arc::new);
-    let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
-    let local_addr = listener.local_addr()?;
-    let admin_listener = match config.admin_listen {
-        Some(addr) => Some(listen(addr).with_context(|| format!("binding {addr}"))?),
-        None => None,
-    };
-    let state = Arc::new(ServerState {
-        auth,
-        engine,
-        hub: hub.clone(),
-        presence,
-        ingest,
-        metrics,
-        started: Instant::now(),
-        local_addr,
-        tls: tls.is_some(),
-        admission: Admission::new(&config.limits),
-        rates: RequestRates::new(&config.limits),
-        shutting_down: AtomicBool::new(false),
-        config,
-    });
-    tokio::spawn(sweep(state.clone()));
-    tokio::spawn(hub.clone().heartbeats(Duration::from_secs(
-        state.config.connection.heartbeat.max(1),
-    )));
-
-    if state.config.connection.conformance_echo {
-        tracing::warn!("connection.conformance_echo is on: /conformance/echo echoes anyone");
+    let work = Tasks::new();
+    // What started before a step failed stops with it.
+    let state = build(config, &listeners, tls.is_some(), &work)
+        .await
+        .inspect_err(|_| work.stop())?;
+    if let Err(e) = start(&state, listeners, tls, &work) {
+        shut_down(&state, &work, bound).await;
+        return Err(e);
     }
-    let app = app(&state.config).with_state(state.clone());
-    let request_timeout = Duration::from_secs(state.config.limits.request_timeout);
-    // Every listener stops on the same signal.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
-    let mut admin_served = None;
-    if let Some(admin_listener) = admin_listener {
-        let admin_addr = admin_listener.local_addr()?;
-        // Its own connection counts, so that a flood of clients does not lock operators out.
-        let edge = crate::listener::Edge {
-            admission: Admission::new(&state.config.limits),
-            request_timeout,
-            tls: None,
-        };
-        let admin_app = admin_app(&state.config).with_state(state.clone());
-        admin_served = Some(tokio::spawn(crate::listener::serve(
-            admin_listener,
-            admin_app,
-            edge,
-            stopped(stop_rx.clone()),
-        )));
-        println!("mps admin listening on http://{admin_addr}");
-        tracing::info!(%admin_addr, "admin routes on their own listener");
-    }
-    if let Some(tls) = &tls {
-        crate::telemetry::preregister_tls();
-        tokio::spawn(reload_on_sighup(tls.clone()));
-    }
-
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("mps listening on {scheme}://{local_addr}");
-    println!(
-        "mps data in {} (admin key: {})",
-        state.config.data_dir.display(),
-        if state.config.admin_key.is_some() {
-            "configured".to_owned()
-        } else {
-            state
-                .config
-                .data_dir
-                .join("admin.key")
-                .display()
-                .to_string()
-        }
-    );
-    tracing::info!(%local_addr, node = %node, "mps serving");
-
-    let stopping = state.clone();
-    let edge = crate::listener::Edge {
-        admission: state.admission.clone(),
-        request_timeout,
-        tls,
-    };
-    crate::listener::serve(listener, app, edge, async move {
-        shutdown_signal().await;
-        stopping.shutting_down.store(true, Ordering::Relaxed);
-        tracing::info!("shutting down: closing connections");
-        stopping.hub.close_all(CloseReason::Shutdown);
-        let _ = stop_tx.send(true);
-    })
-    .await;
-    if let Some(admin_served) = admin_served {
-        let _ = admin_served.await;
-    }
-
-    // Deliveries being sent are settled; the rest stay in their queues.
-    state.ingest.stop(Duration::from_secs(5)).await;
-    // Upgraded connections outlive the HTTP server; give them a moment to send their close.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while hub.count() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The disconnects of the shutdown are worth telling.
-    crate::webhooks::settle(Duration::from_secs(5)).await;
-    tracing::info!("stopped");
-    Ok(())
+    stop.cancelled().await;
+    Ok(shut_down(&state, &work, bound).await)
 }
 
 /// A node's hub with the broker and registry that go with it.
 type Joined = (Arc<Hub>, Arc<dyn Broker>, Arc<dyn Presence>);
 
 /// Joins the cluster at `url`: the hub reports to the Redis broker and registry.
-fn join_cluster(config: &Config, url: &str, hub: Hub) -> anyhow::Result<Joined> {
+fn join_cluster(config: &Config, url: &str, hub: Hub, tasks: &Tasks) -> anyhow::Result<Joined> {
     crate::telemetry::preregister_cluster();
     if config.store.postgres_url.is_none() {
         tracing::warn!(
@@ -347,15 +196,189 @@ fn join_cluster(config: &Config, url: &str, hub: Hub) -> anyhow::Result<Joined> 
     let (broker_tx, broker_rx) = tokio::sync::mpsc::unbounded_channel();
     let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
     let hub = Arc::new(hub.with_observer(broker_tx).with_observer(presence_tx));
-    let broker =
-        RedisBroker::start(cluster.clone(), hub.clone(), broker_rx).context("Redis subscriber")?;
+    let broker = RedisBroker::start(cluster.clone(), hub.clone(), broker_rx, tasks)
+        .context("Redis subscriber")?;
     let presence = RedisPresence::start(
         cluster,
         hub.clone(),
         config.cluster.presence_ttl,
         presence_rx,
+        tasks,
     );
     Ok((hub, Arc::new(broker), Arc::new(presence)))
+}
+
+/// Builds the store, the outbound channels, the hub and the engine, and the state that every
+/// handler shares; the back end's tasks run on `work`.
+async fn build(
+    config: Config,
+    listeners: &Listeners,
+    tls: bool,
+    work: &Tasks,
+) -> anyhow::Result<Arc<ServerState>> {
+    let metrics = crate::telemetry::init_metrics()?;
+    let secrets = Secrets::resolve(&config, true)?;
+    let auth = authenticator(&config, &secrets)?;
+    let pushers = Arc::new(Pushers::from_config(&config.push).context("push configuration")?);
+    let store = open_store(&config).await?;
+    let node = config.node_name();
+    let webhooks =
+        Webhooks::start(&config.webhooks, &node, config.node_id, work).context("webhooks")?;
+    let channels = Channels::start(&config.push.apps, store.clone(), webhooks.clone(), work)?;
+    let hub = Hub::new(&node, config.node_id, config.connection.queue)
+        .with_user_limit(config.limits.connections_per_user);
+    let (hub, broker, presence): Joined = match &config.cluster.redis_url {
+        Some(url) => join_cluster(&config, url, hub, work)?,
+        None => {
+            let hub = Arc::new(hub);
+            (
+                hub.clone(),
+                Arc::new(LocalBroker::new(hub.clone())),
+                Arc::new(LocalPresence::new(hub)),
+            )
+        }
+    };
+    let push = Fallback::start(
+        store.clone(),
+        presence.clone(),
+        pushers,
+        webhooks.clone(),
+        work,
+    );
+    crate::channels::chain::start(store.clone(), push.clone(), channels.clone(), work);
+    let engine = Engine::new(
+        store,
+        broker,
+        presence.clone(),
+        &config,
+        push,
+        channels,
+        work,
+    );
+    work.spawn_until_stopped(engine.clone().catch_up_after_reconnects(hub.clone()));
+    let edge = Tasks::new();
+    let ingest = Ingest::start(
+        &config.ingest,
+        engine.clone(),
+        config.messages.max_body,
+        &edge,
+    )
+    .context("message queue ingestion")?;
+    Ok(Arc::new(ServerState {
+        auth,
+        engine,
+        hub,
+        presence,
+        ingest,
+        webhooks,
+        metrics,
+        started: Instant::now(),
+        local_addr: listeners.client.local_addr()?,
+        tls,
+        admission: Admission::new(&config.limits),
+        rates: RequestRates::new(&config.limits),
+        edge,
+        config,
+    }))
+}
+
+/// The store the configuration names, timed: PostgreSQL, or SQLite in the data directory.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match &config.store.postgres_url {
+        Some(url) => Arc::new(
+            PostgresStore::connect(url, config.store.postgres_pool)
+                .await
+                .context("opening the PostgreSQL store")?,
+        ),
+        None => Arc::new(
+            SqliteStore::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+    };
+    Ok(Arc::new(TimedStore::new(store)))
+}
+
+/// Starts the sweeper and the heartbeats on `work`, and the listeners on the clients' side
+/// of the state.
+fn start(
+    state: &Arc<ServerState>,
+    listeners: Listeners,
+    tls: Option<Arc<crate::tls::Tls>>,
+    work: &Tasks,
+) -> anyhow::Result<()> {
+    let config = &state.config;
+    work.spawn_until_stopped(sweep(state.clone()));
+    work.spawn_until_stopped(
+        state
+            .hub
+            .clone()
+            .heartbeats(Duration::from_secs(config.connection.heartbeat.max(1))),
+    );
+    if config.connection.conformance_echo {
+        tracing::warn!("connection.conformance_echo is on: /conformance/echo echoes anyone");
+    }
+    let request_timeout = Duration::from_secs(config.limits.request_timeout);
+    if let Some(admin) = listeners.admin {
+        let admin_addr = admin.local_addr()?;
+        // Its own connection counts, so that a flood of clients does not lock operators out.
+        let edge = crate::listener::Edge {
+            admission: Admission::new(&config.limits),
+            request_timeout,
+            tls: None,
+            tasks: state.edge.clone(),
+        };
+        let admin_app = admin_app(config).with_state(state.clone());
+        state
+            .edge
+            .spawn(crate::listener::serve(admin, admin_app, edge));
+        println!("mps admin listening on http://{admin_addr}");
+        tracing::info!(%admin_addr, "admin routes on their own listener");
+    }
+    if let Some(tls) = &tls {
+        crate::telemetry::preregister_tls();
+        work.spawn_until_stopped(reload_on_sighup(tls.clone()));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let local_addr = state.local_addr;
+    println!("mps listening on {scheme}://{local_addr}");
+    println!(
+        "mps data in {} (admin key: {})",
+        config.data_dir.display(),
+        if config.admin_key.is_some() {
+            "configured".to_owned()
+        } else {
+            config.data_dir.join("admin.key").display().to_string()
+        }
+    );
+    tracing::info!(%local_addr, node = %state.hub.node(), "mps serving");
+    let edge = crate::listener::Edge {
+        admission: state.admission.clone(),
+        request_timeout,
+        tls,
+        tasks: state.edge.clone(),
+    };
+    let app = app(config).with_state(state.clone());
+    state
+        .edge
+        .spawn(crate::listener::serve(listeners.client, app, edge));
+    Ok(())
+}
+
+/// Stops the clients' side first (the listeners stop accepting, connections are closed with
+/// "going away", consumers settle what they took), then the back end, whose queues still
+/// take what the clients' side left them (disconnect events, delivery records), all within
+/// `bound`.
+async fn shut_down(state: &ServerState, work: &Tasks, bound: Duration) -> Stopped {
+    let deadline = tokio::time::Instant::now() + bound;
+    tracing::info!("shutting down: closing connections");
+    state.edge.stop();
+    state.hub.close_all(CloseReason::Shutdown);
+    let edge = state.edge.stopped(bound).await;
+    work.stop();
+    let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let lingering = edge + work.stopped(rest).await;
+    tracing::info!("stopped");
+    Stopped { lingering }
 }
 
 /// The HTTP service of the client listener, before state: every route of
@@ -468,12 +491,14 @@ async fn sweep(state: Arc<ServerState>) {
     loop {
         tokio::time::sleep(every).await;
         let now = crate::id::now_ms() as i64;
-        let report = crate::webhooks::expired_room();
+        let report = state.webhooks.expired_room();
         match state.engine.store().sweep(now, keep, report).await {
             Ok(swept) => {
                 metrics::counter!("mps_expired_total").increment(swept.expired);
                 let unlisted = swept.expired.saturating_sub(swept.reported.len() as u64);
-                crate::webhooks::expired(&swept.reported, if report > 0 { unlisted } else { 0 });
+                state
+                    .webhooks
+                    .expired(&swept.reported, if report > 0 { unlisted } else { 0 });
                 if swept.expired + swept.deleted > 0 {
                     tracing::info!(
                         expired = swept.expired,

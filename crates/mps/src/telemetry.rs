@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
+use parking_lot::Mutex;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -95,8 +96,14 @@ pub fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing:
     )
 }
 
-/// Installs the process-wide metrics recorder and describes every metric mps records.
+/// Installs the metrics recorder and describes every metric mps records, once per process:
+/// the recorder is process-wide by nature, so every server of the process shares it.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = INSTALLED.lock();
+    if let Some(handle) = &*installed {
+        return Ok(handle.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("mps_store_commit_seconds".into()),
@@ -123,12 +130,16 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     hot();
     preregister();
     let upkeep = handle.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
+    // A thread, not a task: it outlives any one server and its runtime.
+    std::thread::Builder::new()
+        .name("mps-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })?;
+    *installed = Some(handle.clone());
     Ok(handle)
 }
 

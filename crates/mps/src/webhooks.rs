@@ -3,14 +3,15 @@
 //! poll for status (docs/webhooks.md).
 //!
 //! Events are recorded from wherever they happen (the transports, the engine, the sweeper, the
-//! vendor push), like metrics, through [`emit`] and its helpers; with no webhook configured for
-//! an event type that costs one atomic load. Each configured webhook has its own bounded queue
-//! and task: a full queue drops the event (counted), never blocking delivery; the task posts the
-//! waiting events in one signed request and retries failures with exponential backoff, a bounded
-//! number of times, so a slow receiver holds up only its own queue.
+//! vendor push) through the server's [`Webhooks`] ([`Webhooks::emit`] and its helpers); with no
+//! webhook configured for an event type that costs one comparison. Each configured webhook has
+//! its own bounded queue and task: a full queue drops the event (counted), never blocking
+//! delivery; the task posts the waiting events in one signed request and retries failures with
+//! exponential backoff, a bounded number of times, so a slow receiver holds up only its own
+//! queue. On shutdown the task posts what its queue holds, then ends.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,11 +21,13 @@ use mps_proto::{EventBody, EventType, PushFailure, RecipientEvent, WebhookBatch,
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::WebhookConfig;
 use crate::hub::Conn;
 use crate::id::{IdGen, now_ms};
 use crate::retry::Backoff;
+use crate::shutdown::Tasks;
 use crate::store::ExpiredRecipient;
 
 /// Header carrying `sha256=<hex>` of HMAC-SHA256(secret, `<timestamp>.<body>`).
@@ -126,7 +129,7 @@ impl Hook {
     }
 }
 
-/// The configured webhooks of this process.
+/// The configured webhooks of a server.
 pub struct Webhooks {
     hooks: Vec<Hook>,
     /// Every type some webhook wants: one load tells whether to build an event at all.
@@ -135,16 +138,31 @@ pub struct Webhooks {
     node: Arc<str>,
 }
 
-static WEBHOOKS: OnceLock<Webhooks> = OnceLock::new();
+impl Webhooks {
+    /// Checks the configuration and starts a task per configured webhook, which receives
+    /// [`Webhooks::emit`]'s events until `tasks` stop, then posts what is queued.
+    pub fn start(
+        configs: &[WebhookConfig],
+        node: &str,
+        node_id: u16,
+        tasks: &Tasks,
+    ) -> anyhow::Result<Arc<Webhooks>> {
+        let hooks = hooks(configs, tasks)?;
+        Ok(Arc::new(Webhooks {
+            wanted: hooks.iter().fold(0, |all, h| all | h.wants),
+            hooks,
+            ids: IdGen::new(node_id),
+            node: node.into(),
+        }))
+    }
+}
 
-/// Starts a task per configured webhook and makes them receive [`emit`]'s events. Checks the
-/// configuration first; does nothing when there is no webhook.
-pub fn start(configs: &[WebhookConfig], node: &str, node_id: u16) -> anyhow::Result<()> {
+fn hooks(configs: &[WebhookConfig], tasks: &Tasks) -> anyhow::Result<Vec<Hook>> {
+    let mut hooks = Vec::with_capacity(configs.len());
     if configs.is_empty() {
-        return Ok(());
+        return Ok(hooks);
     }
     let client = http_client()?;
-    let mut hooks = Vec::with_capacity(configs.len());
     for (n, config) in configs.iter().enumerate() {
         let name: Arc<str> = config
             .name
@@ -167,7 +185,7 @@ pub fn start(configs: &[WebhookConfig], node: &str, node_id: u16) -> anyhow::Res
         let wants = parse_filter(&config.events).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let (tx, rx) = mpsc::channel(config.queue);
         let counts = Arc::new(Counts::default());
-        tokio::spawn(
+        tasks.spawn(
             Sender {
                 name: name.clone(),
                 poster: Poster {
@@ -179,7 +197,7 @@ pub fn start(configs: &[WebhookConfig], node: &str, node_id: u16) -> anyhow::Res
                 batch: config.batch,
                 counts: counts.clone(),
             }
-            .run(rx),
+            .run(rx, tasks.token()),
         );
         hooks.push(Hook {
             name,
@@ -189,160 +207,140 @@ pub fn start(configs: &[WebhookConfig], node: &str, node_id: u16) -> anyhow::Res
             counts,
         });
     }
-    let webhooks = Webhooks {
-        wanted: hooks.iter().fold(0, |all, h| all | h.wants),
-        hooks,
-        ids: IdGen::new(node_id),
-        node: node.into(),
-    };
-    anyhow::ensure!(
-        WEBHOOKS.set(webhooks).is_ok(),
-        "webhooks were started already"
-    );
-    Ok(())
+    Ok(hooks)
 }
 
-fn installed() -> Option<&'static Webhooks> {
-    WEBHOOKS.get()
-}
-
-/// Whether some webhook wants events of this type.
-pub fn wants(t: EventType) -> bool {
-    installed().is_some_and(|w| w.wanted & bit(t) != 0)
-}
-
-/// Queues an event for every webhook that wants its type; `make` runs only if one does.
-pub fn emit(t: EventType, make: impl FnOnce() -> EventBody) {
-    let Some(webhooks) = installed() else {
-        return;
-    };
-    if webhooks.wanted & bit(t) == 0 {
-        return;
+impl Webhooks {
+    /// Whether some webhook wants events of this type.
+    pub fn wants(&self, t: EventType) -> bool {
+        self.wanted & bit(t) != 0
     }
-    let body = make();
-    debug_assert_eq!(body.event_type(), t);
-    let event = WebhookEvent {
-        id: webhooks.ids.next().to_string(),
-        time: now_ms() as i64,
-        node: webhooks.node.to_string(),
-        body,
-    };
-    for hook in &webhooks.hooks {
-        if hook.wants & bit(t) != 0 {
-            hook.offer(&event);
+
+    /// Queues an event for every webhook that wants its type; `make` runs only if one does.
+    pub fn emit(&self, t: EventType, make: impl FnOnce() -> EventBody) {
+        if !self.wants(t) {
+            return;
         }
-    }
-}
-
-/// A client opened a session on this node.
-pub fn client_connected(conn: &Conn, node: &str) {
-    emit(EventType::ClientConnected, || EventBody::ClientConnected {
-        client: crate::presence::describe(conn, node),
-    });
-}
-
-/// A client's session on this node ended for `reason`.
-pub fn client_disconnected(conn: &Conn, node: &str, reason: &str) {
-    emit(EventType::ClientDisconnected, || {
-        EventBody::ClientDisconnected {
-            client: crate::presence::describe(conn, node),
-            reason: reason.to_owned(),
-        }
-    });
-}
-
-/// Recipients of `user` whose status changed to what `t` says (delivered or acked).
-pub fn recipients(t: EventType, app: &str, user: &str, ids: &[u64]) {
-    if !wants(t) {
-        return;
-    }
-    for id in ids {
-        let event = RecipientEvent {
-            message: id.to_string(),
-            app: app.to_owned(),
-            user: user.to_owned(),
+        let body = make();
+        debug_assert_eq!(body.event_type(), t);
+        let event = WebhookEvent {
+            id: self.ids.next().to_string(),
+            time: now_ms() as i64,
+            node: self.node.to_string(),
+            body,
         };
-        emit(t, || match t {
-            EventType::MessageAcked => EventBody::MessageAcked(event),
-            _ => EventBody::MessageDelivered(event),
-        });
-    }
-}
-
-/// How many expired recipients a sweep should list: the most any webhook wanting them could
-/// queue now (0 when none wants them).
-pub fn expired_room() -> usize {
-    let Some(webhooks) = installed() else {
-        return 0;
-    };
-    let t = bit(EventType::MessageExpired);
-    webhooks
-        .hooks
-        .iter()
-        .filter(|h| h.wants & t != 0)
-        .map(|h| h.queue.capacity())
-        .max()
-        .unwrap_or(0)
-}
-
-/// Recipients a sweep marked expired; `unlisted` more expired that the sweep did not list
-/// (counted as dropped).
-pub fn expired(listed: &[ExpiredRecipient], unlisted: u64) {
-    for r in listed {
-        emit(EventType::MessageExpired, || {
-            EventBody::MessageExpired(RecipientEvent {
-                message: r.id.to_string(),
-                app: r.app.clone(),
-                user: r.user.clone(),
-            })
-        });
-    }
-    if unlisted > 0 {
-        let t = bit(EventType::MessageExpired);
-        for hook in installed().iter().flat_map(|w| &w.hooks) {
-            if hook.wants & t != 0 {
-                hook.drop_events(unlisted);
+        for hook in &self.hooks {
+            if hook.wants & bit(t) != 0 {
+                hook.offer(&event);
             }
         }
     }
-}
 
-/// A vendor push of message `id` to one of `user`'s devices failed: the hook for the vendor
-/// channels.
-pub fn push_failed(app: &str, user: &str, id: u64, device: &str, way: &str, reason: &str) {
-    emit(EventType::PushFailed, || {
-        EventBody::PushFailed(PushFailure {
-            message: id.to_string(),
-            app: app.to_owned(),
-            user: user.to_owned(),
-            device: device.to_owned(),
-            way: way.to_owned(),
-            reason: reason.to_owned(),
-        })
-    });
-}
+    /// A client opened a session on this node.
+    pub fn client_connected(&self, conn: &Conn, node: &str) {
+        self.emit(EventType::ClientConnected, || EventBody::ClientConnected {
+            client: crate::presence::describe(conn, node),
+        });
+    }
 
-/// What every webhook has done.
-pub fn stats() -> Vec<WebhookStats> {
-    installed()
-        .iter()
-        .flat_map(|w| &w.hooks)
-        .map(|h| WebhookStats {
-            name: h.name.to_string(),
-            url: h.url.clone(),
-            queued: h.counts.queued.load(Ordering::Relaxed),
-            sent: h.counts.sent.load(Ordering::Relaxed),
-            dropped: h.counts.dropped.load(Ordering::Relaxed),
-            failed: h.counts.failed.load(Ordering::Relaxed),
-        })
-        .collect()
-}
+    /// A client's session on this node ended for `reason`.
+    pub fn client_disconnected(&self, conn: &Conn, node: &str, reason: &str) {
+        self.emit(EventType::ClientDisconnected, || {
+            EventBody::ClientDisconnected {
+                client: crate::presence::describe(conn, node),
+                reason: reason.to_owned(),
+            }
+        });
+    }
 
-/// Waits until every queued event was sent or given up, or `limit` passed (shutdown).
-pub async fn settle(limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while stats().iter().any(|s| s.queued > 0) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Recipients of `user` whose status changed to what `t` says (delivered or acked).
+    pub fn recipients(&self, t: EventType, app: &str, user: &str, ids: &[u64]) {
+        if !self.wants(t) {
+            return;
+        }
+        for id in ids {
+            let event = RecipientEvent {
+                message: id.to_string(),
+                app: app.to_owned(),
+                user: user.to_owned(),
+            };
+            self.emit(t, || match t {
+                EventType::MessageAcked => EventBody::MessageAcked(event),
+                _ => EventBody::MessageDelivered(event),
+            });
+        }
+    }
+
+    /// How many expired recipients a sweep should list: the most any webhook wanting them
+    /// could queue now (0 when none wants them).
+    pub fn expired_room(&self) -> usize {
+        let t = bit(EventType::MessageExpired);
+        self.hooks
+            .iter()
+            .filter(|h| h.wants & t != 0)
+            .map(|h| h.queue.capacity())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Recipients a sweep marked expired; `unlisted` more expired that the sweep did not list
+    /// (counted as dropped).
+    pub fn expired(&self, listed: &[ExpiredRecipient], unlisted: u64) {
+        for r in listed {
+            self.emit(EventType::MessageExpired, || {
+                EventBody::MessageExpired(RecipientEvent {
+                    message: r.id.to_string(),
+                    app: r.app.clone(),
+                    user: r.user.clone(),
+                })
+            });
+        }
+        if unlisted > 0 {
+            let t = bit(EventType::MessageExpired);
+            for hook in &self.hooks {
+                if hook.wants & t != 0 {
+                    hook.drop_events(unlisted);
+                }
+            }
+        }
+    }
+
+    /// A vendor push of message `id` to one of `user`'s devices failed: the hook for the
+    /// vendor channels.
+    pub fn push_failed(
+        &self,
+        app: &str,
+        user: &str,
+        id: u64,
+        device: &str,
+        way: &str,
+        reason: &str,
+    ) {
+        self.emit(EventType::PushFailed, || {
+            EventBody::PushFailed(PushFailure {
+                message: id.to_string(),
+                app: app.to_owned(),
+                user: user.to_owned(),
+                device: device.to_owned(),
+                way: way.to_owned(),
+                reason: reason.to_owned(),
+            })
+        });
+    }
+
+    /// What every webhook has done.
+    pub fn stats(&self) -> Vec<WebhookStats> {
+        self.hooks
+            .iter()
+            .map(|h| WebhookStats {
+                name: h.name.to_string(),
+                url: h.url.clone(),
+                queued: h.counts.queued.load(Ordering::Relaxed),
+                sent: h.counts.sent.load(Ordering::Relaxed),
+                dropped: h.counts.dropped.load(Ordering::Relaxed),
+                failed: h.counts.failed.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 }
 
@@ -382,9 +380,11 @@ enum Answer {
 }
 
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<WebhookEvent>) {
+    /// Posts events until `stop`, then what is still queued (the disconnects of the shutdown
+    /// are worth telling).
+    async fn run(self, mut rx: mpsc::Receiver<WebhookEvent>, stop: CancellationToken) {
         let mut events = Vec::with_capacity(self.batch);
-        while rx.recv_many(&mut events, self.batch).await > 0 {
+        while crate::shutdown::next_many(&mut rx, &mut events, self.batch, &stop).await > 0 {
             let count = events.len() as u64;
             metrics::gauge!("mps_webhook_queue", "webhook" => self.name.to_string())
                 .set((rx.len() as u64 + count) as f64);
@@ -508,8 +508,7 @@ mod tests {
         );
     }
 
-    /// The hook the vendor channels call: the only test in this binary that starts webhooks
-    /// (they are process-wide), wanting only push failures so no other test feeds them.
+    /// The hook the vendor channels call.
     #[tokio::test]
     async fn push_failures_are_posted_signed() {
         use axum::http::HeaderMap;
@@ -534,11 +533,12 @@ mod tests {
             events: vec!["message.push_failed".into()],
             ..WebhookConfig::default()
         };
-        start(&[config], "n1", 3).unwrap();
-        assert!(wants(EventType::PushFailed));
-        assert!(!wants(EventType::ClientConnected));
+        let tasks = Tasks::new();
+        let webhooks = Webhooks::start(&[config], "n1", 3, &tasks).unwrap();
+        assert!(webhooks.wants(EventType::PushFailed));
+        assert!(!webhooks.wants(EventType::ClientConnected));
 
-        push_failed("default", "alice", 42, "phone-1", "apns", "BadDeviceToken");
+        webhooks.push_failed("default", "alice", 42, "phone-1", "apns", "BadDeviceToken");
         let (signature, timestamp, body) = rx.recv().await.unwrap();
         assert_eq!(signature, sign("k", timestamp.parse().unwrap(), &body));
         let batch: WebhookBatch = serde_json::from_slice(&body).unwrap();
@@ -555,7 +555,8 @@ mod tests {
                 reason: "BadDeviceToken".into(),
             })
         );
-        settle(Duration::from_secs(5)).await;
-        assert_eq!(stats()[0].sent, 1);
+        tasks.stop();
+        assert_eq!(tasks.stopped(Duration::from_secs(5)).await, 0);
+        assert_eq!(webhooks.stats()[0].sent, 1);
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// The layers, lowest first: the same table as docs/architecture.md.
 const LAYERS: &[(u8, &[&str])] = &[
-    (0, &["id", "topic", "words", "retry", "config"]),
+    (0, &["id", "topic", "words", "retry", "shutdown", "config"]),
     (
         1,
         &[

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{Admin, ApiError, Params};
 use crate::http::{BadRequest, NotFound, Unauthorized, Unavailable};
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// Filters of the online clients: each one given must match exactly; an empty one matches all.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -135,6 +135,6 @@ pub async fn stats(_: Admin, State(state): State<Arc<ServerState>>) -> Json<Stat
         connections: state.hub.count(),
         uptime_seconds: state.started.elapsed().as_secs(),
         totals: crate::telemetry::Totals::from_prometheus(&state.metrics.render()),
-        webhooks: crate::webhooks::stats(),
+        webhooks: state.webhooks.stats(),
     })
 }

@@ -17,7 +17,7 @@ use crate::http::{BadRequest, CommonErrors, Forbidden, NotFound, Unauthorized, U
 use crate::push::devices::{
     self, DeviceError, PushModeRequest, check_device_id, describe, parse_way,
 };
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::{DeviceQuery, DeviceSelector};
 use crate::words::{Invalid, check_name};
 

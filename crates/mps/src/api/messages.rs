@@ -17,7 +17,7 @@ use crate::http::{
     BadRequest, NotFound, TooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
 };
 use crate::id::MessageId;
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::MessageQuery;
 
 /// Most messages one pull returns.

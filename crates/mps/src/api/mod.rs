@@ -27,7 +27,7 @@ use utoipa_axum::routes;
 use crate::auth::{Identity, bearer};
 use crate::engine::EngineError;
 use crate::http::{ApiError, Params};
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// Every route the server serves, each registered together with its OpenAPI operation (the
 /// handler's `#[utoipa::path]`): the router and the document of `GET /api/openapi.json` come out

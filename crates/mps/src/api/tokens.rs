@@ -9,7 +9,7 @@ use mps_proto::{TokenRequest, TokenResponse};
 use super::{Admin, ApiError, Body};
 use crate::auth::DEFAULT_APP;
 use crate::http::{BadRequest, TooLarge, Unauthorized, UnsupportedMediaType};
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::words::check_name;
 
 /// Issue a client token.

@@ -18,7 +18,7 @@ use super::{Admin, ApiError, Body, Client, Params};
 use crate::audience;
 use crate::auth::DEFAULT_APP;
 use crate::http::CommonErrors;
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::TermSet;
 use crate::words::check_name;
 

@@ -32,6 +32,7 @@ use super::wire::{self, Received};
 use super::{Broker, BrokerError};
 use crate::cluster::{Cluster, run};
 use crate::hub::{CloseReason, Envelope, Hub, HubEvent, Target};
+use crate::shutdown::Tasks;
 
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
 const CHUNK: usize = 1000;
@@ -61,6 +62,7 @@ impl RedisBroker {
         cluster: Arc<Cluster>,
         hub: Arc<Hub>,
         events: mpsc::UnboundedReceiver<HubEvent>,
+        tasks: &Tasks,
     ) -> redis::RedisResult<RedisBroker> {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let subscriber = ConnectionManager::new_lazy_with_config(
@@ -71,7 +73,7 @@ impl RedisBroker {
         let recent = Arc::new(Recent::default());
         let (reconnects, reconnected) = watch::channel(0);
         let lost = Arc::new(Notify::new());
-        tokio::spawn(receive(
+        tasks.spawn_until_stopped(receive(
             push_rx,
             hub.clone(),
             cluster.instance,
@@ -87,7 +89,7 @@ impl RedisBroker {
             lost_at: Some(Instant::now()),
             reconnects,
         };
-        tokio::spawn(subscriptions.run(events, barrier_rx, lost));
+        tasks.spawn_until_stopped(subscriptions.run(events, barrier_rx, lost));
         Ok(RedisBroker {
             cluster,
             hub,

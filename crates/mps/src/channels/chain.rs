@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mps_proto::{ChannelStatus, EventData, PushPolicy, PushedMessage, Status};
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::email::{self, Email};
+use super::Channels;
+use super::email::Email;
 use crate::push::fallback::{Fallback, Job};
 use crate::push::{Notification, Priority};
+use crate::shutdown::Tasks;
 use crate::store::{DueStep, StepRecord, Store};
 use crate::words::{Channel, Way};
 
@@ -28,36 +30,42 @@ const TICK: Duration = Duration::from_secs(1);
 /// Most steps claimed at once.
 const BATCH: usize = 256;
 
-static NUDGE: Notify = Notify::const_new();
-
-/// Wakes the runner: a step came due now.
-pub fn nudge() {
-    NUDGE.notify_one();
-}
-
-/// Starts the runner. Call once, in a runtime.
-pub fn start(store: Arc<dyn Store>, fallback: Arc<Fallback>) {
+/// Starts the runner, until `tasks` stop; [`Channels::nudge`] wakes it. Call in a runtime.
+pub fn start(
+    store: Arc<dyn Store>,
+    fallback: Arc<Fallback>,
+    channels: Arc<Channels>,
+    tasks: &Tasks,
+) {
     for channel in Channel::ALL {
         for result in ["run", "cancelled"] {
             metrics::counter!("mps_channel_steps_total", "channel" => channel.as_str(), "result" => result)
                 .absolute(0);
         }
     }
-    tokio::spawn(run(store, fallback));
+    tasks.spawn(run(store, fallback, channels, tasks.token()));
 }
 
-async fn run(store: Arc<dyn Store>, fallback: Arc<Fallback>) {
+/// Claims and runs due steps until `stop`, which it heeds between claims so that no claimed
+/// step is left half handed over.
+async fn run(
+    store: Arc<dyn Store>,
+    fallback: Arc<Fallback>,
+    channels: Arc<Channels>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
-            _ = NUDGE.notified() => {}
+            _ = channels.nudged() => {}
+            _ = stop.cancelled() => return,
         }
         loop {
             let now = crate::id::now_ms() as i64;
             match store.claim_steps(now, now + RETRY_AFTER_MS, BATCH).await {
                 Ok(steps) => {
                     let full = steps.len() == BATCH;
-                    take(store.as_ref(), &fallback, steps).await;
+                    take(store.as_ref(), &fallback, &channels, steps).await;
                     if !full {
                         break;
                     }
@@ -73,7 +81,7 @@ async fn run(store: Arc<dyn Store>, fallback: Arc<Fallback>) {
 
 /// Runs claimed steps: cancels those of recipients who acked, hands the others to their
 /// channel, and records what it settled at once.
-async fn take(store: &dyn Store, fallback: &Fallback, steps: Vec<DueStep>) {
+async fn take(store: &dyn Store, fallback: &Fallback, channels: &Channels, steps: Vec<DueStep>) {
     let mut settled: BTreeMap<String, Vec<StepRecord>> = BTreeMap::new();
     let mut pushes: BTreeMap<u64, Job> = BTreeMap::new();
     for step in steps {
@@ -92,11 +100,13 @@ async fn take(store: &dyn Store, fallback: &Fallback, steps: Vec<DueStep>) {
             match Channel::parse(&step.channel) {
                 Some(Channel::Email) => {
                     // A full queue leaves the step claimed: it is taken again later.
-                    email::offer(shaped(&step, Channel::Email.as_str()));
+                    channels
+                        .email()
+                        .offer(shaped(&step, Channel::Email.as_str()));
                     None
                 }
                 Some(Channel::Webhook) => {
-                    super::offer_webhook(
+                    channels.offer_webhook(
                         &step.app,
                         std::slice::from_ref(&step.user),
                         &message(&step),

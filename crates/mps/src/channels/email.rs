@@ -3,13 +3,13 @@
 //! docs/channels.md).
 //!
 //! Every e-mail is a step of the message's channel chain ([`super::chain`]): the chain's runner
-//! hands due steps to [`offer`], each app's bounded queue feeds a few senders, and each outcome
+//! hands due steps to [`Mailer::offer`], each app's bounded queue feeds a few senders, and each outcome
 //! (`sent`, `failed`, `muted`, `skipped`) is recorded in the store. Temporary SMTP failures
 //! (4xx answers, connection errors, timeouts) are retried with a bounded exponential backoff;
 //! a permanent one (5xx) gives up at once.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::{EmailConfig, TlsMode};
 use crate::preferences::Muting;
 use crate::retry::Backoff;
+use crate::shutdown::Tasks;
 use crate::store::{StepRecord, Store};
 use crate::words::Channel;
 use mps_proto::ChannelStatus;
@@ -48,7 +49,10 @@ struct AppEmail {
     queue: mpsc::Sender<Email>,
 }
 
-static APPS: OnceLock<BTreeMap<String, AppEmail>> = OnceLock::new();
+/// The e-mail channels of a server's apps.
+pub struct Mailer {
+    apps: BTreeMap<String, AppEmail>,
+}
 
 /// What each app's senders share.
 struct Sender {
@@ -59,79 +63,89 @@ struct Sender {
     store: Arc<dyn Store>,
 }
 
-/// Checks the apps' e-mail channels and starts their senders. Call once, in a runtime.
-pub fn start<'a>(
-    apps: impl Iterator<Item = (&'a String, &'a EmailConfig)>,
-    store: Arc<dyn Store>,
-) -> anyhow::Result<()> {
-    let mut started = BTreeMap::new();
-    for (app, config) in apps {
-        let what = format!("[push.apps.{app}.email]");
-        anyhow::ensure!(!config.host.is_empty(), "{what}: host is empty");
-        anyhow::ensure!(config.queue > 0, "{what}: queue must be at least 1");
-        anyhow::ensure!(config.attempts > 0, "{what}: attempts must be at least 1");
-        let from: Mailbox = config
-            .from
-            .parse()
-            .with_context(|| format!("{what}: from {:?} is not an address", config.from))?;
-        let tls = match config.tls {
-            TlsMode::None => Tls::None,
-            TlsMode::Starttls => Tls::Required(
-                TlsParameters::new(config.host.clone()).with_context(|| format!("{what}: TLS"))?,
-            ),
-            TlsMode::Tls => Tls::Wrapper(
-                TlsParameters::new(config.host.clone()).with_context(|| format!("{what}: TLS"))?,
-            ),
+impl Mailer {
+    /// Checks the apps' e-mail channels and starts their senders, which take e-mails until
+    /// `tasks` stop, then send what is queued. Call in a runtime.
+    pub fn start<'a>(
+        apps: impl Iterator<Item = (&'a String, &'a EmailConfig)>,
+        store: Arc<dyn Store>,
+        tasks: &Tasks,
+    ) -> anyhow::Result<Mailer> {
+        let mut started = BTreeMap::new();
+        for (app, config) in apps {
+            started.insert(app.clone(), start(app, config, &store, tasks)?);
+        }
+        Ok(Mailer { apps: started })
+    }
+
+    /// Whether `app` has an e-mail channel.
+    pub fn configured(&self, app: &str) -> bool {
+        self.apps.contains_key(app)
+    }
+
+    /// Queues an e-mail; false when the app's queue is full (or it has no e-mail channel).
+    pub fn offer(&self, email: Email) -> bool {
+        let Some(app) = self.apps.get(&email.app) else {
+            return false;
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port)
-            .tls(tls)
-            .timeout(Some(Duration::from_secs(config.timeout.max(1))));
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-            }
-            (None, None) => {}
-            _ => anyhow::bail!("{what}: give both username and password, or neither"),
+        let taken = app.queue.try_send(email).is_ok();
+        if !taken {
+            count("dropped");
         }
-        for result in ["sent", "failed", "muted", "skipped", "dropped"] {
-            metrics::counter!("mps_channel_messages_total", "channel" => Channel::Email.as_str(), "result" => result)
-                .absolute(0);
-        }
-        metrics::counter!("mps_email_retries_total").absolute(0);
-        let (tx, rx) = mpsc::channel(config.queue);
-        let sender = Arc::new(Sender {
-            app: app.clone(),
-            config: config.clone(),
-            from,
-            transport: builder.build(),
-            store: store.clone(),
-        });
-        tokio::spawn(run(sender, rx));
-        started.insert(app.clone(), AppEmail { queue: tx });
+        taken
     }
-    if started.is_empty() {
-        return Ok(());
-    }
-    anyhow::ensure!(APPS.set(started).is_ok(), "e-mail was started already");
-    Ok(())
 }
 
-/// Whether `app` has an e-mail channel.
-pub fn configured(app: &str) -> bool {
-    APPS.get().is_some_and(|a| a.contains_key(app))
-}
-
-/// Queues an e-mail; false when the app's queue is full (or it has no e-mail channel).
-pub fn offer(email: Email) -> bool {
-    let Some(app) = APPS.get().and_then(|a| a.get(&email.app)) else {
-        return false;
+/// Checks one app's e-mail channel and starts its senders.
+fn start(
+    app: &str,
+    config: &EmailConfig,
+    store: &Arc<dyn Store>,
+    tasks: &Tasks,
+) -> anyhow::Result<AppEmail> {
+    let what = format!("[push.apps.{app}.email]");
+    anyhow::ensure!(!config.host.is_empty(), "{what}: host is empty");
+    anyhow::ensure!(config.queue > 0, "{what}: queue must be at least 1");
+    anyhow::ensure!(config.attempts > 0, "{what}: attempts must be at least 1");
+    let from: Mailbox = config
+        .from
+        .parse()
+        .with_context(|| format!("{what}: from {:?} is not an address", config.from))?;
+    let tls = match config.tls {
+        TlsMode::None => Tls::None,
+        TlsMode::Starttls => Tls::Required(
+            TlsParameters::new(config.host.clone()).with_context(|| format!("{what}: TLS"))?,
+        ),
+        TlsMode::Tls => Tls::Wrapper(
+            TlsParameters::new(config.host.clone()).with_context(|| format!("{what}: TLS"))?,
+        ),
     };
-    let taken = app.queue.try_send(email).is_ok();
-    if !taken {
-        count("dropped");
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+        .port(config.port)
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(config.timeout.max(1))));
+    match (&config.username, &config.password) {
+        (Some(user), Some(password)) => {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("{what}: give both username and password, or neither"),
     }
-    taken
+    for result in ["sent", "failed", "muted", "skipped", "dropped"] {
+        metrics::counter!("mps_channel_messages_total", "channel" => Channel::Email.as_str(), "result" => result)
+            .absolute(0);
+    }
+    metrics::counter!("mps_email_retries_total").absolute(0);
+    let (tx, rx) = mpsc::channel(config.queue);
+    let sender = Arc::new(Sender {
+        app: app.to_owned(),
+        config: config.clone(),
+        from,
+        transport: builder.build(),
+        store: store.clone(),
+    });
+    tasks.spawn(run(sender, rx, tasks.clone()));
+    Ok(AppEmail { queue: tx })
 }
 
 fn count(result: &'static str) {
@@ -139,14 +153,15 @@ fn count(result: &'static str) {
         .increment(1);
 }
 
-async fn run(sender: Arc<Sender>, mut rx: mpsc::Receiver<Email>) {
+async fn run(sender: Arc<Sender>, mut rx: mpsc::Receiver<Email>, tasks: Tasks) {
     let senders = Arc::new(Semaphore::new(SENDERS));
-    while let Some(email) = rx.recv().await {
+    let stop = tasks.token();
+    while let Some(email) = crate::shutdown::next(&mut rx, &stop).await {
         let Ok(permit) = senders.clone().acquire_owned().await else {
             return;
         };
         let sender = sender.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let (status, reason) = sender.deliver(&email).await;
             count(status.as_str());
             let record = StepRecord {

@@ -4,37 +4,30 @@
 //! chain that runs a message's channels in order, later ones only for recipients who have not
 //! acked it by then ([`chain`]).
 //!
-//! A message picks its channels with `channels` on `SendMessage`. Each app's webhook channel
-//! has a bounded queue and one task: a full queue drops the request (counted), never blocking
-//! the sender; the task posts through [`crate::webhooks`]' signing and retrying poster and
-//! records each recipient's outcome in the store.
+//! A message picks its channels with `channels` on `SendMessage`; a server's [`Channels`] holds
+//! every app's. Each app's webhook channel has a bounded queue and one task: a full queue drops
+//! the request (counted), never blocking the sender; the task posts through
+//! [`crate::webhooks`]' signing and retrying poster and records each recipient's outcome in the
+//! store, and on shutdown posts what its queue holds, then ends.
 
 pub mod chain;
 pub mod email;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
 use mps_proto::PushedMessage;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{WebhookChannelConfig, WebhookConfig};
+use crate::config::{AppPush, WebhookChannelConfig, WebhookConfig};
+use crate::shutdown::Tasks;
 use crate::store::{StepRecord, Store};
-use crate::webhooks::Poster;
+use crate::webhooks::{Poster, Webhooks};
 use crate::words::Channel;
-
-/// Whether `app` has `channel` configured (the vendor push always counts as configured: a
-/// message to users without devices simply pushes nothing).
-pub fn configured(app: &str, channel: Channel) -> bool {
-    match channel {
-        Channel::Webhook => has_webhook(app),
-        Channel::Email => email::configured(app),
-        Channel::Push => true,
-    }
-}
 
 /// What the webhook channel posts for one recipient.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,13 +45,107 @@ struct AppChannel {
     queue: mpsc::Sender<ChannelMessage>,
 }
 
-static CHANNELS: OnceLock<BTreeMap<String, AppChannel>> = OnceLock::new();
+/// The webhook and e-mail channels of a server's apps, the wake-up of its chain runner, and
+/// the back ends' events that the engine and the channels report.
+pub struct Channels {
+    webhooks: BTreeMap<String, AppChannel>,
+    email: email::Mailer,
+    /// Rung when the engine stored a chain step due now.
+    nudge: Notify,
+    events: Arc<Webhooks>,
+}
 
-/// Checks the apps' webhook channels and starts a task for each. Call once, in a runtime.
-pub fn start<'a>(
+impl Channels {
+    /// Checks the apps' webhook and e-mail channels and starts a task for each, which takes
+    /// requests until `tasks` stop, then sends what is queued. Call in a runtime.
+    pub fn start(
+        apps: &BTreeMap<String, AppPush>,
+        store: Arc<dyn Store>,
+        events: Arc<Webhooks>,
+        tasks: &Tasks,
+    ) -> anyhow::Result<Arc<Channels>> {
+        let webhook_apps = apps
+            .iter()
+            .filter_map(|(app, push)| Some((app, push.webhook.as_ref()?)));
+        let webhooks =
+            webhook_channels(webhook_apps, &store, &events, tasks).context("channels")?;
+        let email_apps = apps
+            .iter()
+            .filter_map(|(app, push)| Some((app, push.email.as_ref()?)));
+        let email = email::Mailer::start(email_apps, store, tasks).context("e-mail channel")?;
+        Ok(Arc::new(Channels {
+            webhooks,
+            email,
+            nudge: Notify::new(),
+            events,
+        }))
+    }
+
+    /// Whether `app` has `channel` configured (the vendor push always counts as configured: a
+    /// message to users without devices simply pushes nothing).
+    pub fn configured(&self, app: &str, channel: Channel) -> bool {
+        match channel {
+            Channel::Webhook => self.has_webhook(app),
+            Channel::Email => self.email.configured(app),
+            Channel::Push => true,
+        }
+    }
+
+    /// Whether `app` has a webhook channel.
+    pub fn has_webhook(&self, app: &str) -> bool {
+        self.webhooks.contains_key(app)
+    }
+
+    /// Queues `message` for each of `users` on `app`'s webhook channel; never waits.
+    pub fn offer_webhook(&self, app: &str, users: &[String], message: &PushedMessage) {
+        let Some(channel) = self.webhooks.get(app) else {
+            return;
+        };
+        for user in users {
+            let item = ChannelMessage {
+                channel: Channel::Webhook,
+                app: app.to_owned(),
+                user: user.clone(),
+                message: message.clone(),
+            };
+            if channel.queue.try_send(item).is_err() {
+                count("dropped");
+                tracing::warn!(
+                    app,
+                    id = %message.id,
+                    "webhook channel queue full; the message waits for the live channel only"
+                );
+            }
+        }
+    }
+
+    /// The back ends' event callbacks.
+    pub fn events(&self) -> &Webhooks {
+        &self.events
+    }
+
+    /// The e-mail channels, which the chain feeds.
+    pub fn email(&self) -> &email::Mailer {
+        &self.email
+    }
+
+    /// Wakes the chain runner: a step came due now.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// Resolves at the next [`Channels::nudge`].
+    pub(crate) async fn nudged(&self) {
+        self.nudge.notified().await
+    }
+}
+
+fn webhook_channels<'a>(
     apps: impl Iterator<Item = (&'a String, &'a WebhookChannelConfig)>,
-    store: Arc<dyn Store>,
-) -> anyhow::Result<()> {
+    store: &Arc<dyn Store>,
+    events: &Arc<Webhooks>,
+    tasks: &Tasks,
+) -> anyhow::Result<BTreeMap<String, AppChannel>> {
     let mut channels = BTreeMap::new();
     let mut client = None;
     for (app, config) in apps {
@@ -90,45 +177,16 @@ pub fn start<'a>(
             },
             client: client.clone(),
         };
-        tokio::spawn(run(poster, rx, store.clone()));
+        tasks.spawn(run(
+            poster,
+            rx,
+            store.clone(),
+            events.clone(),
+            tasks.token(),
+        ));
         channels.insert(app.clone(), AppChannel { queue: tx });
     }
-    if channels.is_empty() {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        CHANNELS.set(channels).is_ok(),
-        "channels were started already"
-    );
-    Ok(())
-}
-
-/// Whether `app` has a webhook channel.
-pub fn has_webhook(app: &str) -> bool {
-    CHANNELS.get().is_some_and(|c| c.contains_key(app))
-}
-
-/// Queues `message` for each of `users` on `app`'s webhook channel; never waits.
-pub fn offer_webhook(app: &str, users: &[String], message: &PushedMessage) {
-    let Some(channel) = CHANNELS.get().and_then(|c| c.get(app)) else {
-        return;
-    };
-    for user in users {
-        let item = ChannelMessage {
-            channel: Channel::Webhook,
-            app: app.to_owned(),
-            user: user.clone(),
-            message: message.clone(),
-        };
-        if channel.queue.try_send(item).is_err() {
-            count("dropped");
-            tracing::warn!(
-                app,
-                id = %message.id,
-                "webhook channel queue full; the message waits for the live channel only"
-            );
-        }
-    }
+    Ok(channels)
 }
 
 fn count(result: &'static str) {
@@ -136,8 +194,14 @@ fn count(result: &'static str) {
         .increment(1);
 }
 
-async fn run(poster: Poster, mut rx: mpsc::Receiver<ChannelMessage>, store: Arc<dyn Store>) {
-    while let Some(item) = rx.recv().await {
+async fn run(
+    poster: Poster,
+    mut rx: mpsc::Receiver<ChannelMessage>,
+    store: Arc<dyn Store>,
+    events: Arc<Webhooks>,
+    stop: CancellationToken,
+) {
+    while let Some(item) = crate::shutdown::next(&mut rx, &stop).await {
         // Plain structs of strings and numbers always serialize.
         let body = Bytes::from(serde_json::to_vec(&item).unwrap_or_default());
         let delivery = format!("{}.{}", item.message.id, item.user);
@@ -150,7 +214,7 @@ async fn run(poster: Poster, mut rx: mpsc::Receiver<ChannelMessage>, store: Arc<
         if !taken {
             // The same event as a failed vendor push, with `way` `webhook` and no device.
             let way = Channel::Webhook.as_str();
-            crate::webhooks::push_failed(&item.app, &item.user, id, "", way, reason);
+            events.push_failed(&item.app, &item.user, id, "", way, reason);
         }
         let record = StepRecord {
             id,

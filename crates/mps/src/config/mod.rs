@@ -33,6 +33,10 @@ pub struct Config {
     /// and the OpenAPI document; when set they are served only there (the client listener
     /// answers 404 for them), so that a firewall can keep them off the internet.
     pub admin_listen: Option<SocketAddr>,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) may take: closing the clients' connections,
+    /// settling what consumers took, sending what the channels and webhooks hold, recording
+    /// deliveries. What has not finished by then is cut off.
+    pub shutdown_timeout: u64,
     /// Where the embedded store and generated secrets live.
     pub data_dir: PathBuf,
     /// Key for the back-end API (`Authorization: Bearer KEY`). Generated into the data
@@ -363,6 +367,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
+            shutdown_timeout: 10,
             data_dir: PathBuf::from("mps-data"),
             admin_key: None,
             node: None,

@@ -5,7 +5,6 @@ use mps_proto::{EventType, PushedMessage};
 
 use super::{Engine, EngineError};
 use crate::id::MessageId;
-use crate::webhooks;
 use crate::words::invalid;
 
 /// Most ids one ack may carry.
@@ -34,7 +33,9 @@ impl Engine {
         let ids = parse_ids(ids)?;
         let acked = self.store.ack(app, user, ids).await?;
         metrics::counter!("mps_acks_total").increment(acked.len() as u64);
-        webhooks::recipients(EventType::MessageAcked, app, user, &acked);
+        self.channels
+            .events()
+            .recipients(EventType::MessageAcked, app, user, &acked);
         Ok(acked.len() as u64)
     }
 
@@ -51,7 +52,9 @@ impl Engine {
             .filter_map(|m| crate::id::read_back(&m.id))
             .collect();
         let changed = self.store.mark_delivered(app, user, ids).await?;
-        webhooks::recipients(EventType::MessageDelivered, app, user, &changed);
+        self.channels
+            .events()
+            .recipients(EventType::MessageDelivered, app, user, &changed);
         Ok(pending)
     }
 }

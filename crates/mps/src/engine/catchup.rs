@@ -267,7 +267,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{BTreeMap, HashSet};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -276,13 +276,16 @@ mod tests {
     use tokio::sync::watch;
 
     use crate::broker::{Broker, BrokerError};
+    use crate::channels::Channels;
     use crate::config::Config;
     use crate::engine::Engine;
     use crate::hub::{ConnInfo, Envelope, Hub, Subscriptions};
     use crate::presence::LocalPresence;
     use crate::push::fallback::Fallback;
+    use crate::shutdown::Tasks;
     use crate::store::Store;
     use crate::store::sqlite::SqliteStore;
+    use crate::webhooks::Webhooks;
 
     /// A broker cut off from the other nodes: nothing published reaches a connection until it
     /// reports a reconnect.
@@ -316,10 +319,27 @@ mod tests {
             reconnects: watch::channel(0).0,
             lately: Mutex::default(),
         });
-        let push = Fallback::start(store.clone(), presence.clone(), Arc::default());
+        let tasks = Tasks::new();
+        let events = Webhooks::start(&[], "n", 0, &tasks).unwrap();
+        let push = Fallback::start(
+            store.clone(),
+            presence.clone(),
+            Arc::default(),
+            events.clone(),
+            &tasks,
+        );
+        let channels = Channels::start(&BTreeMap::new(), store.clone(), events, &tasks).unwrap();
         let config = Config::default();
-        let engine = Engine::new(store, broker.clone(), presence, &config, push);
-        tokio::spawn(engine.clone().catch_up_after_reconnects(hub.clone()));
+        let engine = Engine::new(
+            store,
+            broker.clone(),
+            presence,
+            &config,
+            push,
+            channels,
+            &tasks,
+        );
+        tasks.spawn_until_stopped(engine.clone().catch_up_after_reconnects(hub.clone()));
         let info = ConnInfo {
             app: "default".into(),
             user: "gina".into(),

@@ -120,7 +120,7 @@ impl Engine {
             .map_err(|e| invalid::<EngineError>("invalid_channels", e))?;
         if let Some((channel, _)) = chain
             .iter()
-            .find(|(c, _)| !crate::channels::configured(app, *c))
+            .find(|(c, _)| !self.channels.configured(app, *c))
         {
             return Err(invalid(
                 "channel_not_configured",
@@ -139,8 +139,8 @@ impl Engine {
         recipients: &[String],
         ttl: u64,
     ) -> BTreeMap<String, Chosen> {
-        if !crate::channels::configured(app, Channel::Email)
-            && !crate::channels::configured(app, Channel::Webhook)
+        if !self.channels.configured(app, Channel::Email)
+            && !self.channels.configured(app, Channel::Webhook)
         {
             return BTreeMap::new();
         }
@@ -163,7 +163,7 @@ impl Engine {
                         let step = crate::words::check_chain(std::slice::from_ref(choice), ttl)
                             .ok()?
                             .pop()?;
-                        crate::channels::configured(app, step.0).then_some(step)
+                        self.channels.configured(app, step.0).then_some(step)
                     })
                     .collect();
                 (user, Chosen::from_chain(chain))

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use mps_proto::EventType;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Engine, EngineError};
+use crate::channels::Channels;
+use crate::shutdown::Tasks;
 use crate::store::Store;
-use crate::webhooks;
 
 /// A delivery written to a connection, to be recorded.
 pub(super) struct Delivered {
@@ -19,10 +21,14 @@ pub(super) struct Delivered {
     ids: Vec<u64>,
 }
 
-/// Starts the recorder; returns its queue.
-pub(super) fn start(store: Arc<dyn Store>) -> mpsc::Sender<Delivered> {
+/// Starts the recorder among `tasks`; returns its queue.
+pub(super) fn start(
+    store: Arc<dyn Store>,
+    channels: Arc<Channels>,
+    tasks: &Tasks,
+) -> mpsc::Sender<Delivered> {
     let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(record_deliveries(store, rx));
+    tasks.spawn(record_deliveries(store, rx, channels, tasks.token()));
     tx
 }
 
@@ -41,7 +47,9 @@ impl Engine {
             self.delivered.try_send(Delivered { app, user, ids })
         {
             let recorder = self.delivered.clone();
-            tokio::spawn(async move { recorder.send(record).await });
+            self.tasks.spawn(async move {
+                let _ = recorder.send(record).await;
+            });
         }
     }
 
@@ -59,16 +67,24 @@ impl Engine {
         let count = ids.len() as u64;
         let changed = self.store.mark_delivered(app, user, ids).await?;
         crate::telemetry::hot().directed_delivered.increment(count);
-        webhooks::recipients(EventType::MessageDelivered, app, user, &changed);
+        self.channels
+            .events()
+            .recipients(EventType::MessageDelivered, app, user, &changed);
         Ok(())
     }
 }
 
 /// Commits delivery records in batches: everything queued while the previous batch committed
 /// goes into the store together, where the writer folds it into one transaction.
-async fn record_deliveries(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Delivered>) {
+/// On shutdown it takes no more and commits what is queued.
+async fn record_deliveries(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Delivered>,
+    channels: Arc<Channels>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    while crate::shutdown::next_many(&mut rx, &mut batch, 256, &stop).await > 0 {
         let mut by_user: HashMap<(Arc<str>, Arc<str>), Vec<u64>> = HashMap::new();
         for d in batch.drain(..) {
             by_user.entry((d.app, d.user)).or_default().extend(d.ids);
@@ -77,10 +93,11 @@ async fn record_deliveries(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Deliver
             .into_iter()
             .map(|((app, user), ids)| {
                 let store = store.clone();
+                let events = channels.events();
                 async move {
                     match store.mark_delivered(&app, &user, ids).await {
                         Ok(changed) => {
-                            webhooks::recipients(EventType::MessageDelivered, &app, &user, &changed)
+                            events.recipients(EventType::MessageDelivered, &app, &user, &changed)
                         }
                         Err(e) => tracing::warn!(error = %e, "recording deliveries failed"),
                     }

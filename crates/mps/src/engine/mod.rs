@@ -28,10 +28,12 @@ use mps_proto::{Frame, PushFrame, PushedMessage};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
+use crate::channels::Channels;
 use crate::config::{Config, MessagesConfig, Template, TopicsConfig};
 use crate::id::IdGen;
 use crate::presence::{Presence, PresenceError};
 use crate::push::fallback::Fallback;
+use crate::shutdown::Tasks;
 use crate::store::{Store, StoreError};
 use crate::words::Invalid;
 
@@ -79,6 +81,10 @@ pub struct Engine {
     delivered: mpsc::Sender<deliveries::Delivered>,
     /// Directed messages go on to the recipients' registered devices through it.
     push: Arc<Fallback>,
+    /// The webhook and e-mail channels and the back ends' events.
+    channels: Arc<Channels>,
+    /// Where the delivery recorder runs.
+    tasks: Tasks,
 }
 
 impl Engine {
@@ -90,8 +96,10 @@ impl Engine {
         presence: Arc<dyn Presence>,
         config: &Config,
         push: Arc<Fallback>,
+        channels: Arc<Channels>,
+        tasks: &Tasks,
     ) -> Arc<Self> {
-        let delivered = deliveries::start(store.clone());
+        let delivered = deliveries::start(store.clone(), channels.clone(), tasks);
         Arc::new(Engine {
             store,
             broker,
@@ -107,6 +115,8 @@ impl Engine {
                 .collect(),
             delivered,
             push,
+            channels,
+            tasks: tasks.clone(),
         })
     }
 

@@ -130,10 +130,10 @@ impl Engine {
             self.push.offer(job);
         }
         if let Some((users, message)) = plan.webhook {
-            crate::channels::offer_webhook(&to.app, &users, &message);
+            self.channels.offer_webhook(&to.app, &users, &message);
         }
         if plan.step_now {
-            crate::channels::chain::nudge();
+            self.channels.nudge();
         }
         Ok(SendResult {
             id: id.to_string(),

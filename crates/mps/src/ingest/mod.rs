@@ -16,12 +16,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use mps_proto::SendMessage;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
 
 use crate::config::IngestConfig;
 use crate::engine::{Engine, EngineError};
 use crate::retry::Backoff;
+use crate::shutdown::Tasks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -145,17 +145,16 @@ const BACKOFF: Backoff = Backoff::unbounded(Duration::from_millis(200), Duration
 pub struct Ingest {
     /// Every consumer's source name and whether it is connected now.
     sources: Vec<(String, Arc<AtomicBool>)>,
-    stop: watch::Sender<bool>,
-    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Ingest {
-    /// Starts one task per configured consumer. Configuration errors fail here; brokers that
-    /// cannot be reached are retried in the background.
+    /// Starts one task per configured consumer, consuming until `tasks` stop. Configuration
+    /// errors fail here; brokers that cannot be reached are retried in the background.
     pub fn start(
         config: &IngestConfig,
         engine: Arc<Engine>,
         max_body: usize,
+        tasks: &Tasks,
     ) -> Result<Arc<Ingest>, IngestError> {
         let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
         for c in &config.rabbitmq {
@@ -175,9 +174,7 @@ impl Ingest {
         if !consumers.is_empty() {
             describe();
         }
-        let (stop, _) = watch::channel(false);
         let mut sources = Vec::new();
-        let mut tasks = Vec::new();
         for consumer in consumers {
             let connected = Arc::new(AtomicBool::new(false));
             let source = consumer.source().to_owned();
@@ -188,19 +185,10 @@ impl Ingest {
                 max_body,
                 failures: AtomicU32::new(0),
             });
-            tasks.push(tokio::spawn(run(
-                consumer,
-                worker,
-                connected.clone(),
-                stop.subscribe(),
-            )));
+            tasks.spawn(run(consumer, worker, connected.clone(), tasks.clone()));
             sources.push((source, connected));
         }
-        Ok(Arc::new(Ingest {
-            sources,
-            stop,
-            tasks: parking_lot::Mutex::new(tasks),
-        }))
+        Ok(Arc::new(Ingest { sources }))
     }
 
     /// Ok while every configured consumer is connected.
@@ -214,32 +202,27 @@ impl Ingest {
             None => Ok(()),
         }
     }
-
-    /// Stops taking deliveries and waits up to `grace` for those in progress to be settled;
-    /// what is left unsettled is delivered again after a restart.
-    pub async fn stop(&self, grace: Duration) {
-        let _ = self.stop.send(true);
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        let _ = tokio::time::timeout(grace, futures_util::future::join_all(tasks)).await;
-    }
 }
 
-/// Connects, consumes until the connection is lost, and connects again, until told to stop.
+/// Connects, consumes until the connection is lost, and connects again, until `tasks` stop;
+/// then lets the deliveries in progress be settled (what is left unsettled is delivered again
+/// after a restart).
 async fn run(
     consumer: Box<dyn Consumer>,
     worker: Arc<Worker>,
     connected: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
+    tasks: Tasks,
 ) {
+    let stop = tasks.token();
     let source = worker.source.clone();
     let in_flight = consumer.in_flight().max(1);
     let permits = Arc::new(Semaphore::new(in_flight));
     let gauge = metrics::gauge!("mps_ingest_connected", "source" => source.clone());
     let mut failures = 0u32;
-    'connect: while !*stop.borrow() {
+    'connect: while !stop.is_cancelled() {
         let subscription = tokio::select! {
             s = consumer.connect() => s,
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
         };
         match subscription {
             Ok(mut subscription) => {
@@ -250,17 +233,17 @@ async fn run(
                 loop {
                     let permit = tokio::select! {
                         p = permits.clone().acquire_owned() => p,
-                        _ = stop.changed() => break 'connect,
+                        _ = stop.cancelled() => break 'connect,
                     };
                     let Ok(permit) = permit else { break 'connect };
                     let delivery = tokio::select! {
                         d = subscription.next() => d,
-                        _ = stop.changed() => break 'connect,
+                        _ = stop.cancelled() => break 'connect,
                     };
                     match delivery {
                         Ok(delivery) => {
                             let worker = worker.clone();
-                            tokio::spawn(async move {
+                            tasks.spawn(async move {
                                 worker.process(delivery).await;
                                 drop(permit);
                             });
@@ -287,7 +270,7 @@ async fn run(
         failures = failures.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(BACKOFF.delay(failures)) => {}
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
         }
     }
     connected.store(false, Ordering::Relaxed);

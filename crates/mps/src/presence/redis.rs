@@ -24,6 +24,7 @@ use crate::broker::redis::encode_kick;
 use crate::cluster::{Cluster, run};
 use crate::hub::{Hub, HubEvent, node_of};
 use crate::id::now_ms;
+use crate::shutdown::Tasks;
 
 /// Fields per HSET when rewriting a node's hash.
 const CHUNK: usize = 500;
@@ -44,6 +45,7 @@ impl RedisPresence {
         hub: Arc<Hub>,
         ttl: u64,
         events: mpsc::UnboundedReceiver<HubEvent>,
+        tasks: &Tasks,
     ) -> RedisPresence {
         let keeper = Keeper {
             cluster: cluster.clone(),
@@ -53,7 +55,7 @@ impl RedisPresence {
             ttl: ttl.max(1),
             dirty: true,
         };
-        tokio::spawn(keeper.run(events));
+        tasks.spawn_until_stopped(keeper.run(events));
         RedisPresence {
             cluster,
             local: LocalPresence::new(hub),

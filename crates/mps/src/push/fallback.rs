@@ -18,7 +18,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use super::{Device, Notification, Outcome, Pushers};
 use crate::preferences::Muting;
 use crate::presence::Presence;
+use crate::shutdown::Tasks;
 use crate::store::{PushRecord, Store};
+use crate::webhooks::Webhooks;
 use crate::words::AgentFilter;
 
 /// Messages waiting for the fallback; past this, pushes are dropped (the store still has them).
@@ -54,22 +56,28 @@ struct Worker {
     store: Arc<dyn Store>,
     presence: Arc<dyn Presence>,
     pushers: Arc<Pushers>,
+    /// Told of every push that failed.
+    events: Arc<Webhooks>,
 }
 
 impl Fallback {
-    /// Starts the workers. With no vendor configured nothing is ever queued.
+    /// Starts the workers, which take jobs until `tasks` stop, then push what is queued. With
+    /// no vendor configured nothing is ever queued.
     pub fn start(
         store: Arc<dyn Store>,
         presence: Arc<dyn Presence>,
         pushers: Arc<Pushers>,
+        events: Arc<Webhooks>,
+        tasks: &Tasks,
     ) -> Arc<Fallback> {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let worker = Arc::new(Worker {
             store,
             presence,
             pushers: pushers.clone(),
+            events,
         });
-        tokio::spawn(dispatch(worker, rx));
+        tasks.spawn(dispatch(worker, rx, tasks.clone()));
         Arc::new(Fallback {
             pushers,
             jobs,
@@ -128,14 +136,15 @@ fn dropped(job: &Job) {
     }
 }
 
-async fn dispatch(worker: Arc<Worker>, mut rx: mpsc::Receiver<Queued>) {
+async fn dispatch(worker: Arc<Worker>, mut rx: mpsc::Receiver<Queued>, tasks: Tasks) {
     let in_flight = Arc::new(Semaphore::new(MESSAGES_IN_FLIGHT));
-    while let Some((job, budget)) = rx.recv().await {
+    let stop = tasks.token();
+    while let Some((job, budget)) = crate::shutdown::next(&mut rx, &stop).await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         let worker = worker.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             worker.push(job).await;
             drop((permit, budget));
         });
@@ -205,7 +214,7 @@ impl Worker {
                 }
                 Outcome::Failed { reason } => reason,
             };
-            crate::webhooks::push_failed(
+            self.events.push_failed(
                 app,
                 &device.user,
                 job.note.id,
@@ -412,6 +421,7 @@ mod tests {
             store: store.clone(),
             presence: Arc::new(LocalPresence::new(hub.clone())),
             pushers: Arc::new(pushers),
+            events: Webhooks::start(&[], "n1", 1, &Tasks::new()).unwrap(),
         }
     }
 

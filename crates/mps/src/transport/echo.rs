@@ -18,7 +18,7 @@ use super::socket::{Inbound, Socket};
 use crate::http::ApiError;
 use crate::http::NotFound;
 use crate::limits::count_bad_input;
-use crate::server::ServerState;
+use crate::state::ServerState;
 
 /// WebSocket echo for conformance tests.
 ///

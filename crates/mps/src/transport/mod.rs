@@ -31,7 +31,8 @@ use crate::http::ApiError;
 use crate::hub::{Conn, ConnInfo, Hub, Subscriptions};
 use crate::id::{MessageId, now_ms};
 use crate::limits::count_bad_input;
-use crate::server::ServerState;
+use crate::state::ServerState;
+use crate::webhooks::Webhooks;
 use crate::words::{EndReason, TransportKind, check_name};
 
 /// Why a login was refused: a stable code, a message, and its kind.
@@ -319,6 +320,8 @@ pub const CONNECTIONS: &str = "mps::connections";
 /// A registered connection that leaves the hub when dropped, however its transport ends.
 pub struct Registration {
     hub: Arc<Hub>,
+    /// Told when the connection leaves.
+    webhooks: Arc<Webhooks>,
     pub conn: Arc<Conn>,
     /// Why the connection ended (a metrics label); set by the transport.
     pub reason: EndReason,
@@ -358,10 +361,11 @@ impl Registration {
                 request_id = login.request_id.as_deref(),
                 "client connected"
             );
-            crate::webhooks::client_connected(&conn, state.hub.node());
+            state.webhooks.client_connected(&conn, state.hub.node());
         }
         Ok(Registration {
             hub: state.hub.clone(),
+            webhooks: state.webhooks.clone(),
             conn,
             reason: EndReason::ClientClosed,
             close_code: None,
@@ -402,7 +406,8 @@ impl Drop for Registration {
                 duration_ms,
                 "client disconnected"
             );
-            crate::webhooks::client_disconnected(&self.conn, self.hub.node(), self.reason.as_str());
+            self.webhooks
+                .client_disconnected(&self.conn, self.hub.node(), self.reason.as_str());
         }
     }
 }

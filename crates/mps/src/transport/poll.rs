@@ -17,7 +17,7 @@ use crate::engine::CatchUp;
 use crate::http::{ApiError, BadRequest, Forbidden, Params, Unauthorized, Unavailable};
 use crate::hub::Outbound;
 use crate::limits::count_bad_input;
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::words::TransportKind;
 
 /// Default and longest wait of a long poll, seconds.

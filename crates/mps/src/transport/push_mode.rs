@@ -12,7 +12,7 @@ use crate::limits::count_bad_input;
 use crate::push::devices::{
     self, DeviceError, PushModeRequest, check_device_id, describe, parse_way,
 };
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::store::DeviceSelector;
 use crate::words::Invalid;
 

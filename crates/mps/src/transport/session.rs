@@ -13,7 +13,7 @@ use super::socket::{CLOSE_WAIT, Failure, Inbound, Socket};
 use crate::engine::{CatchUp, EngineError, encode};
 use crate::hub::{CloseReason, Conn, Outbound, Subscriptions};
 use crate::limits::{TokenBucket, count_bad_input};
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::words::EndReason;
 
 /// The close code and reason for a read failure.
@@ -40,9 +40,10 @@ pub fn failure_close(failure: Failure) -> (u16, &'static str, EndReason) {
 /// the open phase and their copies of the socket) ends here instead of staying around it for
 /// the connection's life, which halves the memory of an idle connection.
 pub fn spawn(state: Arc<ServerState>, socket: Socket, registration: Registration, last_id: u64) {
+    let edge = state.edge.clone();
     let session = run(state, socket, registration, last_id);
     tracing::trace!(bytes = std::mem::size_of_val(&session), "session task");
-    tokio::spawn(session);
+    edge.spawn(session);
 }
 
 /// Runs the session until it ends; the connection leaves the hub with the registration.

@@ -17,7 +17,7 @@ use super::{ClientQuery, Registration, verify_client};
 use crate::engine::CatchUp;
 use crate::http::{BadRequest, Forbidden, Params, Unauthorized};
 use crate::hub::Outbound;
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::words::{EndReason, TransportKind};
 
 /// Milliseconds `EventSource` waits before reconnecting.

@@ -20,7 +20,7 @@ use crate::engine::encode;
 use crate::http::{ApiError, Params};
 use crate::http::{BadRequest, Forbidden, Unauthorized};
 use crate::limits::count_bad_input;
-use crate::server::ServerState;
+use crate::state::ServerState;
 use crate::words::TransportKind;
 
 /// WebSocket, Message Push Protocol.
