@@ -1,13 +1,17 @@
 //! Persistence of directed messages and their per-recipient status, topic logs and device
 //! registrations (push modes), behind the [`Store`] trait.
 //! The embedded default is [`sqlite::SqliteStore`]; the cluster's [`postgres::PostgresStore`]
-//! implements the same trait and passes the same suite (`suite.rs`).
+//! implements the same trait and passes the same suite (`suite.rs`). Both take their writes as
+//! one command type ([`write::Write`]) through a group-commit writer, map rows the same way
+//! (`rows.rs`), and migrate from numbered migrations with the same numbers.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
 pub mod timed;
+mod write;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -482,5 +486,19 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store can be reached (for `/readyz`).
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn both_stores_have_the_same_migration_numbers() {
+        let sqlite: Vec<i64> = super::sqlite::MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        let postgres: Vec<i64> = super::postgres::MIGRATIONS
+            .iter()
+            .map(|(v, _)| i64::from(*v))
+            .collect();
+        assert_eq!(sqlite, postgres);
+        assert!(sqlite.iter().copied().eq(1..=sqlite.len() as i64));
     }
 }
