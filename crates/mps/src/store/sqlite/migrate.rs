@@ -147,12 +147,17 @@ mod tests {
         migrate(&mut conn).unwrap();
     }
 
+    /// Every table's columns and every index, without the comments SQLite keeps.
     fn schema(conn: &Connection) -> Vec<String> {
-        conn.prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        conn.prepare(
+            "SELECT m.type || ' ' || m.name || coalesce(' ' || p.name || ' ' || p.type, '')
+             FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) p
+             ORDER BY m.name, p.cid",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
     }
 }
