@@ -12,6 +12,7 @@
 
 mod migrate;
 mod read;
+mod topics;
 mod write;
 
 use std::time::Duration;

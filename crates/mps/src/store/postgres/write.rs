@@ -10,13 +10,14 @@ use deadpool_postgres::{Pool, Transaction};
 use mps_proto::Status;
 
 use super::backend;
+use super::topics::{append_topic, trim_topic};
 use crate::hub::AgentFilter;
 use crate::push::{Device, Way};
 use crate::store::rows::{self, status_code};
-use crate::store::write::{Queue, Write, Written, kept};
+use crate::store::write::{Queue, Write, Written};
 use crate::store::{
     Claimed, DeviceSelector, ExpiredRecipient, IdempotencyKey, KeyedWrite, NewMessage, PushRecord,
-    Registered, StepRecord, StoreError, Swept, TermSet, TopicEntry, formats_column,
+    Registered, StepRecord, StoreError, Swept, TermSet, formats_column,
 };
 
 /// Most writes folded into one transaction.
@@ -260,7 +261,7 @@ async fn set_terms(
     app: &str,
     user: &str,
     set: TermSet,
-    terms: &Vec<String>,
+    terms: &[String],
 ) -> Result<Written, tokio_postgres::Error> {
     let statement = tx
         .prepare_cached(
@@ -275,7 +276,7 @@ async fn set_terms(
              ON CONFLICT DO NOTHING",
         )
         .await?;
-    tx.execute(&statement, &[&app, &user, terms]).await?;
+    tx.execute(&statement, &[&app, &user, &terms]).await?;
     Ok(Written::Count(terms.len() as u64))
 }
 
@@ -541,56 +542,6 @@ async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_p
     Ok(Written::Count(1))
 }
 
-async fn append_topic(
-    tx: &Transaction<'_>,
-    app: &str,
-    entry: &TopicEntry,
-    created: i64,
-    keep: u64,
-    seq: i64,
-) -> Result<Written, tokio_postgres::Error> {
-    tx.execute(
-        "INSERT INTO topics (app, topic) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&app, &entry.topic],
-    )
-    .await?;
-    let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO topic_log (app, topic, id, seq, created, frame)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (app, id) DO UPDATE SET frame = EXCLUDED.frame",
-        )
-        .await?;
-    tx.execute(
-        &statement,
-        &[
-            &app,
-            &entry.topic,
-            &(entry.id as i64),
-            &seq,
-            &created,
-            &frame,
-        ],
-    )
-    .await?;
-    let keep = kept(keep);
-    let statement = tx
-        .prepare_cached(
-            "SELECT seq FROM topic_log WHERE app = $1 AND topic = $2
-             ORDER BY seq DESC OFFSET $3 LIMIT 1",
-        )
-        .await?;
-    if let Some(row) = tx
-        .query_opt(&statement, &[&app, &entry.topic, &keep])
-        .await?
-    {
-        let upto: i64 = row.get(0);
-        trim_topic(tx, app, &entry.topic, "seq <= $3", &upto).await?;
-    }
-    Ok(Written::Count(1))
-}
-
 /// Claims an idempotency key and does the write, or reports the message holding the key. One
 /// statement claims it, so two writes with one key in a batch see each other in order.
 async fn keyed(
@@ -647,28 +598,6 @@ async fn keyed(
         KeyedWrite::KeyOnly => {}
     }
     Ok(Written::Claimed(Claimed::Fresh))
-}
-
-/// Drops a topic's log entries matching `condition` (on `$3`) and raises its watermarks.
-async fn trim_topic(
-    tx: &Transaction<'_>,
-    app: &str,
-    topic: &str,
-    condition: &str,
-    value: &i64,
-) -> Result<u64, tokio_postgres::Error> {
-    let statement = tx
-        .prepare_cached(&format!(
-            "WITH d AS (DELETE FROM topic_log WHERE app = $1 AND topic = $2 AND {condition}
-                        RETURNING id, seq),
-                  u AS (UPDATE topics SET trimmed = greatest(trimmed, (SELECT max(id) FROM d)),
-                                          trimmed_seq = greatest(trimmed_seq, (SELECT max(seq) FROM d))
-                        WHERE app = $1 AND topic = $2)
-             SELECT count(*) FROM d"
-        ))
-        .await?;
-    let row = tx.query_one(&statement, &[&app, &topic, value]).await?;
-    Ok(row.get::<_, i64>(0) as u64)
 }
 
 async fn sweep(
