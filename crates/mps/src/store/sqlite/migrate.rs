@@ -44,6 +44,10 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             tracing::info!(version, "applying SQLite migration");
             tx.execute_batch(sql)?;
         } else {
+            tracing::info!(
+                version,
+                "bringing an SQLite store of an earlier release to migration"
+            );
             catch_up(&tx, sql)?;
         }
         tx.execute(
