@@ -16,9 +16,7 @@ mod write;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-use mps_proto::{
-    ChannelState, ChannelStatus, Format, MessageRecord, Page, Preferences, PushedMessage, Status,
-};
+use mps_proto::{ChannelStatus, Format, MessageRecord, Page, Preferences, PushedMessage, Status};
 use serde_json::value::RawValue;
 
 use crate::audience::Expr;
@@ -83,15 +81,6 @@ pub struct DueStep {
     pub expires: i64,
 }
 
-/// The agent filter of a stored message from its `agents` and `except_agents` columns.
-pub fn agent_filter(only: Option<Vec<String>>, except: Option<Vec<String>>) -> AgentFilter {
-    match (only, except) {
-        (Some(list), _) => AgentFilter::Only(list),
-        (None, Some(list)) => AgentFilter::Except(list),
-        (None, None) => AgentFilter::Any,
-    }
-}
-
 /// A channel's outcome for one recipient of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRecord {
@@ -100,61 +89,6 @@ pub struct StepRecord {
     pub channel: String,
     pub status: ChannelStatus,
     pub reason: Option<String>,
-}
-
-/// A stored channel row of one recipient, as read for a message's record.
-pub struct ChannelRow {
-    pub channel: String,
-    pub status: String,
-    pub due: Option<i64>,
-    pub reason: Option<String>,
-    pub updated: i64,
-}
-
-/// A recipient's `channels` in a record: `live` from its status, `push` from the vendor push
-/// result, and the rows of its channel chain (a vendor push result wins over its step's row).
-pub fn channels_of(
-    status: Status,
-    updated: i64,
-    reason: Option<&str>,
-    rows: Vec<ChannelRow>,
-) -> BTreeMap<String, ChannelState> {
-    let state = |status, reason: Option<&str>| ChannelState {
-        status,
-        updated,
-        due: None,
-        reason: reason.map(str::to_owned),
-    };
-    let mut channels = BTreeMap::new();
-    let live = match status {
-        Status::Pending | Status::Pushed | Status::Failed => ChannelStatus::Pending,
-        Status::Delivered => ChannelStatus::Delivered,
-        Status::Acked => ChannelStatus::Acked,
-        Status::Expired => ChannelStatus::Expired,
-    };
-    channels.insert("live".to_owned(), state(live, None));
-    for row in rows {
-        channels.insert(
-            row.channel,
-            ChannelState {
-                // Only the stores write the column, from a `ChannelStatus`.
-                status: ChannelStatus::parse(&row.status).unwrap_or(ChannelStatus::Failed),
-                updated: row.updated,
-                due: row.due,
-                reason: row.reason,
-            },
-        );
-    }
-    match status {
-        Status::Pushed => {
-            channels.insert("push".to_owned(), state(ChannelStatus::Pushed, None));
-        }
-        Status::Failed => {
-            channels.insert("push".to_owned(), state(ChannelStatus::Failed, reason));
-        }
-        _ => {}
-    }
-    channels
 }
 
 /// Filter and page of `GET /api/v1/messages`.

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use mps_proto::{EventData, MessageRecord, PushedMessage, RecipientStatus, Status};
+use mps_proto::{
+    ChannelState, ChannelStatus, EventData, MessageRecord, PushedMessage, RecipientStatus, Status,
+};
 use serde_json::value::RawValue;
 
-use super::{ChannelRow, DueStep, agent_filter, channels_of, formats_from};
+use super::{DueStep, formats_from};
+use crate::hub::AgentFilter;
 use crate::push::{Device, Way};
 
 /// The columns of a message's record, read by [`record`].
@@ -63,6 +66,70 @@ pub fn status_condition(status: Status) -> String {
         Status::Failed => "r.status = 0 AND r.push = 2".into(),
         other => format!("r.status = {}", status_code(other)),
     }
+}
+
+/// The agent filter of a stored message from its `agents` and `except_agents` columns.
+fn agent_filter(only: Option<Vec<String>>, except: Option<Vec<String>>) -> AgentFilter {
+    match (only, except) {
+        (Some(list), _) => AgentFilter::Only(list),
+        (None, Some(list)) => AgentFilter::Except(list),
+        (None, None) => AgentFilter::Any,
+    }
+}
+
+/// A stored channel row of one recipient, as read for a message's record.
+pub struct ChannelRow {
+    pub channel: String,
+    pub status: String,
+    pub due: Option<i64>,
+    pub reason: Option<String>,
+    pub updated: i64,
+}
+
+/// A recipient's `channels` in a record: `live` from its status, `push` from the vendor push
+/// result, and the rows of its channel chain (a vendor push result wins over its step's row).
+fn channels_of(
+    status: Status,
+    updated: i64,
+    reason: Option<&str>,
+    rows: Vec<ChannelRow>,
+) -> BTreeMap<String, ChannelState> {
+    let state = |status, reason: Option<&str>| ChannelState {
+        status,
+        updated,
+        due: None,
+        reason: reason.map(str::to_owned),
+    };
+    let mut channels = BTreeMap::new();
+    let live = match status {
+        Status::Pending | Status::Pushed | Status::Failed => ChannelStatus::Pending,
+        Status::Delivered => ChannelStatus::Delivered,
+        Status::Acked => ChannelStatus::Acked,
+        Status::Expired => ChannelStatus::Expired,
+    };
+    channels.insert("live".to_owned(), state(live, None));
+    for row in rows {
+        channels.insert(
+            row.channel,
+            ChannelState {
+                // Only the stores write the column, from a `ChannelStatus`.
+                status: ChannelStatus::parse(&row.status).unwrap_or(ChannelStatus::Failed),
+                updated: row.updated,
+                due: row.due,
+                reason: row.reason,
+            },
+        );
+    }
+    match status {
+        Status::Pushed => {
+            channels.insert("push".to_owned(), state(ChannelStatus::Pushed, None));
+        }
+        Status::Failed => {
+            channels.insert("push".to_owned(), state(ChannelStatus::Failed, reason));
+        }
+        _ => {}
+    }
+    channels
 }
 
 /// Content was valid JSON when stored; a damaged row still comes back as a JSON string.

@@ -11,8 +11,9 @@ use super::backend;
 use crate::audience::Expr;
 use crate::audience::sql::{self, Dialect, Param};
 use crate::push::{Device, Way};
+use crate::store::rows::ChannelRow;
 use crate::store::rows::{self, Columns, RECORD_COLUMNS, status_condition};
-use crate::store::{ChannelRow, DeviceQuery, MessageQuery, StoreError, TopicEntry, TopicReplay};
+use crate::store::{DeviceQuery, MessageQuery, StoreError, TopicEntry, TopicReplay};
 
 impl Columns for Row {
     type Error = tokio_postgres::Error;

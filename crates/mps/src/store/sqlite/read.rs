@@ -9,8 +9,9 @@ use super::agents_from;
 use crate::audience::Expr;
 use crate::audience::sql::{self, Dialect, Param};
 use crate::push::{Device, Way};
+use crate::store::rows::ChannelRow;
 use crate::store::rows::{self, Columns, RECORD_COLUMNS, status_condition};
-use crate::store::{ChannelRow, DeviceQuery, MessageQuery, TopicEntry, TopicReplay};
+use crate::store::{DeviceQuery, MessageQuery, TopicEntry, TopicReplay};
 
 impl Columns for Row<'_> {
     type Error = rusqlite::Error;
