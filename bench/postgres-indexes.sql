@@ -6,7 +6,7 @@
 DROP SCHEMA IF EXISTS mps_explain CASCADE;
 CREATE SCHEMA mps_explain;
 SET search_path = mps_explain;
-\i crates/mps/src/store/postgres/001_init.sql
+\i crates/mps/src/store/postgres/migrations/0001_init.sql
 \timing on
 -- 5M messages over 30 days, 20 senders, 50 components, 2 apps; ids time-ordered like the real ones.
 INSERT INTO messages (id, app, title, kind, component, sender, agents, content, created, expires)

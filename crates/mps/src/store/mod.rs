@@ -1,24 +1,26 @@
 //! Persistence of directed messages and their per-recipient status, topic logs and device
 //! registrations (push modes), behind the [`Store`] trait.
 //! The embedded default is [`sqlite::SqliteStore`]; the cluster's [`postgres::PostgresStore`]
-//! implements the same trait and passes the same suite (`suite.rs`).
+//! implements the same trait and passes the same suite (`suite.rs`). Both take their writes as
+//! one command type ([`write::Write`]) through a group-commit writer, map rows the same way
+//! (`rows.rs`), and migrate from numbered migrations with the same numbers.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
 pub mod timed;
+mod write;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-use mps_proto::{
-    ChannelState, ChannelStatus, Format, MessageRecord, Page, Preferences, PushedMessage, Status,
-};
+use mps_proto::{ChannelStatus, Format, MessageRecord, Page, Preferences, PushedMessage, Status};
 use serde_json::value::RawValue;
 
 use crate::audience::Expr;
-use crate::words::{AgentFilter, Channel, Device, Way};
+use crate::words::{AgentFilter, Device, Way};
 
 /// The stored form of a message's shapes: JSON, or nothing when it has none.
 pub fn formats_column(formats: &BTreeMap<String, Format>) -> Option<String> {
@@ -78,15 +80,6 @@ pub struct DueStep {
     pub expires: i64,
 }
 
-/// The agent filter of a stored message from its `agents` and `except_agents` columns.
-pub fn agent_filter(only: Option<Vec<String>>, except: Option<Vec<String>>) -> AgentFilter {
-    match (only, except) {
-        (Some(list), _) => AgentFilter::Only(list),
-        (None, Some(list)) => AgentFilter::Except(list),
-        (None, None) => AgentFilter::Any,
-    }
-}
-
 /// A channel's outcome for one recipient of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRecord {
@@ -95,67 +88,6 @@ pub struct StepRecord {
     pub channel: String,
     pub status: ChannelStatus,
     pub reason: Option<String>,
-}
-
-/// A stored channel row of one recipient, as read for a message's record.
-pub struct ChannelRow {
-    pub channel: String,
-    pub status: String,
-    pub due: Option<i64>,
-    pub reason: Option<String>,
-    pub updated: i64,
-}
-
-/// A recipient's `channels` in a record: `live` from its status, `push` from the vendor push
-/// result, and the rows of its channel chain (a vendor push result wins over its step's row).
-pub fn channels_of(
-    status: Status,
-    updated: i64,
-    reason: Option<&str>,
-    rows: Vec<ChannelRow>,
-) -> BTreeMap<String, ChannelState> {
-    let state = |status, reason: Option<&str>| ChannelState {
-        status,
-        updated,
-        due: None,
-        reason: reason.map(str::to_owned),
-    };
-    let mut channels = BTreeMap::new();
-    let live = match status {
-        Status::Pending | Status::Pushed | Status::Failed => ChannelStatus::Pending,
-        Status::Delivered => ChannelStatus::Delivered,
-        Status::Acked => ChannelStatus::Acked,
-        Status::Expired => ChannelStatus::Expired,
-    };
-    channels.insert("live".to_owned(), state(live, None));
-    for row in rows {
-        channels.insert(
-            row.channel,
-            ChannelState {
-                // Only the stores write the column, from a `ChannelStatus`.
-                status: ChannelStatus::parse(&row.status).unwrap_or(ChannelStatus::Failed),
-                updated: row.updated,
-                due: row.due,
-                reason: row.reason,
-            },
-        );
-    }
-    match status {
-        Status::Pushed => {
-            channels.insert(
-                Channel::Push.as_str().to_owned(),
-                state(ChannelStatus::Pushed, None),
-            );
-        }
-        Status::Failed => {
-            channels.insert(
-                Channel::Push.as_str().to_owned(),
-                state(ChannelStatus::Failed, reason),
-            );
-        }
-        _ => {}
-    }
-    channels
 }
 
 /// Filter and page of `GET /api/v1/messages`.
@@ -487,5 +419,19 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store can be reached (for `/readyz`).
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn both_stores_have_the_same_migration_numbers() {
+        let sqlite: Vec<i64> = super::sqlite::MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        let postgres: Vec<i64> = super::postgres::MIGRATIONS
+            .iter()
+            .map(|(v, _)| i64::from(*v))
+            .collect();
+        assert_eq!(sqlite, postgres);
+        assert!(sqlite.iter().copied().eq(1..=sqlite.len() as i64));
     }
 }

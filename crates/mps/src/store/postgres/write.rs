@@ -8,93 +8,19 @@ use std::time::Instant;
 
 use deadpool_postgres::{Pool, Transaction};
 use mps_proto::Status;
-use tokio::sync::{mpsc, oneshot};
 
-use super::{backend, status_code};
+use super::backend;
+use super::topics::{append_topic, trim_topic};
+use crate::store::rows::{self, status_code};
+use crate::store::write::{Queue, Write, Written};
 use crate::store::{
     Claimed, DeviceSelector, ExpiredRecipient, IdempotencyKey, KeyedWrite, NewMessage, PushRecord,
-    Registered, StepRecord, StoreError, Swept, TermSet, TopicEntry,
+    Registered, StepRecord, StoreError, Swept, TermSet, formats_column,
 };
-use crate::words::AgentFilter;
-use crate::words::{Device, Way};
+use crate::words::{AgentFilter, Device, Way};
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 2048;
-
-pub(super) enum Write {
-    Insert(NewMessage),
-    Status {
-        app: String,
-        user: String,
-        ids: Vec<i64>,
-        to: Status,
-    },
-    Delete(u64),
-    Sweep {
-        now: i64,
-        keep_expired: i64,
-        report: usize,
-    },
-    AppendTopic {
-        app: String,
-        entry: TopicEntry,
-        created: i64,
-        keep: u64,
-    },
-    TrimTopics(Vec<(String, String, i64)>),
-    Keyed(IdempotencyKey, KeyedWrite),
-    RecordPush {
-        app: String,
-        id: i64,
-        results: Vec<PushRecord>,
-    },
-    RecordSteps {
-        app: String,
-        records: Vec<StepRecord>,
-    },
-    RegisterDevice(Device),
-    RemoveDevices(DeviceSelector),
-    RemoveToken {
-        app: String,
-        way: Way,
-        token: String,
-    },
-    ExpireDevices(i64),
-    SetTerms {
-        app: String,
-        user: String,
-        set: TermSet,
-        terms: Vec<String>,
-    },
-    /// `None` removes them.
-    SetPreferences {
-        app: String,
-        user: String,
-        doc: Option<String>,
-    },
-}
-
-impl Write {
-    /// The app whose topic log this write appends to, if any.
-    fn topic_app(&self) -> Option<&str> {
-        match self {
-            Write::AppendTopic { app, .. } => Some(app),
-            Write::Keyed(key, KeyedWrite::Topic { .. }) => Some(&key.app),
-            _ => None,
-        }
-    }
-}
-
-pub(super) enum Written {
-    Count(u64),
-    /// Ids whose status changed.
-    Ids(Vec<u64>),
-    Swept(Swept),
-    Claimed(Claimed),
-    Registered(Registered),
-}
-
-pub(super) type Reply = oneshot::Sender<Result<Written, StoreError>>;
 
 /// Why a batch did not commit.
 enum Failure {
@@ -114,7 +40,7 @@ impl From<tokio_postgres::Error> for Failure {
     }
 }
 
-pub(super) async fn write_loop(pool: Pool, mut rx: mpsc::Receiver<(Write, Reply)>) {
+pub(super) async fn write_loop(pool: Pool, mut rx: Queue) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = Instant::now();
@@ -213,24 +139,7 @@ async fn apply(
 ) -> Result<Written, tokio_postgres::Error> {
     match op {
         Write::Insert(m) => insert(tx, m).await,
-        Write::Status { app, user, ids, to } => {
-            // Delivery moves only pending rows (pushed or not); an ack moves pending or
-            // delivered ones.
-            let statement = tx
-                .prepare_cached(
-                    "UPDATE recipients SET status = $1, updated = $2
-                     WHERE app = $3 AND recipient = $4 AND message_id = ANY($5) AND status < $1
-                     RETURNING message_id",
-                )
-                .await?;
-            let now = crate::id::now_ms() as i64;
-            let changed = tx
-                .query(&statement, &[&status_code(*to), &now, app, user, ids])
-                .await?;
-            Ok(Written::Ids(
-                changed.iter().map(|r| r.get::<_, i64>(0) as u64).collect(),
-            ))
-        }
+        Write::Status { app, user, ids, to } => set_status(tx, app, user, ids, *to).await,
         Write::Delete(id) => {
             let statement = tx
                 .prepare_cached(
@@ -255,48 +164,13 @@ async fn apply(
             keep,
         } => append_topic(tx, app, entry, *created, *keep, seq).await,
         Write::Keyed(key, write) => keyed(tx, key, write, seq).await,
-        Write::SetPreferences { app, user, doc } => {
-            let changed = match doc {
-                Some(doc) => {
-                    tx.execute(
-                        "INSERT INTO preferences (app, user_id, doc) VALUES ($1, $2, $3)
-                         ON CONFLICT (app, user_id) DO UPDATE SET doc = EXCLUDED.doc",
-                        &[app, user, doc],
-                    )
-                    .await?
-                }
-                None => {
-                    tx.execute(
-                        "DELETE FROM preferences WHERE app = $1 AND user_id = $2",
-                        &[app, user],
-                    )
-                    .await?
-                }
-            };
-            Ok(Written::Count(changed))
-        }
+        Write::SetPreferences { app, user, doc } => set_preferences(tx, app, user, doc).await,
         Write::SetTerms {
             app,
             user,
             set,
             terms,
-        } => {
-            let statement = tx
-                .prepare_cached(
-                    "DELETE FROM user_tags WHERE app = $1 AND user_id = $2 AND (left(tag, 4) = 'tag:') = $3",
-                )
-                .await?;
-            tx.execute(&statement, &[app, user, &(*set == TermSet::Tags)])
-                .await?;
-            let statement = tx
-                .prepare_cached(
-                    "INSERT INTO user_tags (app, user_id, tag) SELECT $1, $2, unnest($3::text[])
-                     ON CONFLICT DO NOTHING",
-                )
-                .await?;
-            tx.execute(&statement, &[app, user, terms]).await?;
-            Ok(Written::Count(terms.len() as u64))
-        }
+        } => set_terms(tx, app, user, *set, terms).await,
         Write::TrimTopics(cutoffs) => {
             let mut dropped = 0;
             for (app, topic, cutoff) in cutoffs {
@@ -304,73 +178,15 @@ async fn apply(
             }
             Ok(Written::Count(dropped))
         }
-        Write::RecordPush { app, id, results } => {
-            let (users, pushes, reasons): (Vec<&str>, Vec<i16>, Vec<Option<&str>>) = results
-                .iter()
-                .map(|r| {
-                    let push = if r.pushed { 1 } else { 2 };
-                    (r.user.as_str(), push, r.reason.as_deref())
-                })
-                .collect();
-            let statement = tx
-                .prepare_cached(
-                    "UPDATE recipients SET push = v.push, reason = v.reason, updated = $3
-                     FROM unnest($4::text[], $5::int2[], $6::text[]) AS v(recipient, push, reason)
-                     WHERE recipients.message_id = $1 AND recipients.app = $2
-                       AND recipients.recipient = v.recipient AND recipients.status = 0",
-                )
-                .await?;
-            let now = crate::id::now_ms() as i64;
-            let changed = tx
-                .execute(&statement, &[id, app, &now, &users, &pushes, &reasons])
-                .await?;
-            Ok(Written::Count(changed))
-        }
-        Write::RecordSteps { app, records } => {
-            let ids: Vec<i64> = records.iter().map(|r| r.id as i64).collect();
-            let users: Vec<&str> = records.iter().map(|r| r.user.as_str()).collect();
-            let channels: Vec<&str> = records.iter().map(|r| r.channel.as_str()).collect();
-            let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
-            let reasons: Vec<Option<&str>> = records.iter().map(|r| r.reason.as_deref()).collect();
-            let statement = tx
-                .prepare_cached(
-                    "INSERT INTO channel_steps (message_id, app, recipient, channel, status, due, reason, updated)
-                     SELECT v.id, $1, v.recipient, v.channel, v.status, NULL, v.reason, $2
-                     FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::text[])
-                          AS v(id, recipient, channel, status, reason)
-                     WHERE EXISTS (SELECT 1 FROM recipients r
-                                   WHERE r.message_id = v.id AND r.recipient = v.recipient)
-                     ON CONFLICT (message_id, recipient, channel) DO UPDATE SET
-                         status = EXCLUDED.status, due = NULL, reason = EXCLUDED.reason,
-                         updated = EXCLUDED.updated",
-                )
-                .await?;
-            let now = crate::id::now_ms() as i64;
-            let changed = tx
-                .execute(
-                    &statement,
-                    &[app, &now, &ids, &users, &channels, &statuses, &reasons],
-                )
-                .await?;
-            Ok(Written::Count(changed))
-        }
+        Write::RecordPush { app, id, results } => record_push(tx, app, *id, results).await,
+        Write::ClaimSteps {
+            now,
+            retry_at,
+            limit,
+        } => claim_steps(tx, *now, *retry_at, *limit).await,
+        Write::RecordSteps { app, records } => record_steps(tx, app, records).await,
         Write::RegisterDevice(d) => register_device(tx, d).await,
-        Write::RemoveDevices(selector) => {
-            let statement = tx
-                .prepare_cached(
-                    "DELETE FROM devices WHERE app = $1 AND username = $2
-                       AND ($3::text IS NULL OR device = $3) AND ($4::text IS NULL OR way = $4)",
-                )
-                .await?;
-            let way = selector.way.map(Way::as_str);
-            let removed = tx
-                .execute(
-                    &statement,
-                    &[&selector.app, &selector.user, &selector.device, &way],
-                )
-                .await?;
-            Ok(Written::Count(removed))
-        }
+        Write::RemoveDevices(selector) => remove_devices(tx, selector).await,
         Write::RemoveToken { app, way, token } => {
             let statement = tx
                 .prepare_cached("DELETE FROM devices WHERE app = $1 AND way = $2 AND token = $3")
@@ -385,6 +201,205 @@ async fn apply(
             Ok(Written::Count(removed))
         }
     }
+}
+
+/// Delivery moves only pending rows (pushed or not); an ack moves pending or delivered ones.
+async fn set_status(
+    tx: &Transaction<'_>,
+    app: &str,
+    user: &str,
+    ids: &[u64],
+    to: Status,
+) -> Result<Written, tokio_postgres::Error> {
+    let statement = tx
+        .prepare_cached(
+            "UPDATE recipients SET status = $1, updated = $2
+             WHERE app = $3 AND recipient = $4 AND message_id = ANY($5) AND status < $1
+             RETURNING message_id",
+        )
+        .await?;
+    let now = crate::id::now_ms() as i64;
+    let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+    let code = status_code(to) as i16;
+    let changed = tx
+        .query(&statement, &[&code, &now, &app, &user, &ids])
+        .await?;
+    Ok(Written::Ids(
+        changed.iter().map(|r| r.get::<_, i64>(0) as u64).collect(),
+    ))
+}
+
+async fn set_preferences(
+    tx: &Transaction<'_>,
+    app: &str,
+    user: &str,
+    doc: &Option<String>,
+) -> Result<Written, tokio_postgres::Error> {
+    let changed = match doc {
+        Some(doc) => {
+            tx.execute(
+                "INSERT INTO preferences (app, user_id, doc) VALUES ($1, $2, $3)
+                 ON CONFLICT (app, user_id) DO UPDATE SET doc = EXCLUDED.doc",
+                &[&app, &user, doc],
+            )
+            .await?
+        }
+        None => {
+            tx.execute(
+                "DELETE FROM preferences WHERE app = $1 AND user_id = $2",
+                &[&app, &user],
+            )
+            .await?
+        }
+    };
+    Ok(Written::Count(changed))
+}
+
+async fn set_terms(
+    tx: &Transaction<'_>,
+    app: &str,
+    user: &str,
+    set: TermSet,
+    terms: &[String],
+) -> Result<Written, tokio_postgres::Error> {
+    let statement = tx
+        .prepare_cached(
+            "DELETE FROM user_tags WHERE app = $1 AND user_id = $2 AND (left(tag, 4) = 'tag:') = $3",
+        )
+        .await?;
+    tx.execute(&statement, &[&app, &user, &(set == TermSet::Tags)])
+        .await?;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO user_tags (app, user_id, tag) SELECT $1, $2, unnest($3::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&statement, &[&app, &user, &terms]).await?;
+    Ok(Written::Count(terms.len() as u64))
+}
+
+async fn record_push(
+    tx: &Transaction<'_>,
+    app: &str,
+    id: u64,
+    results: &[PushRecord],
+) -> Result<Written, tokio_postgres::Error> {
+    let (users, pushes, reasons): (Vec<&str>, Vec<i16>, Vec<Option<&str>>) = results
+        .iter()
+        .map(|r| {
+            let push = rows::push_code(r.pushed) as i16;
+            (r.user.as_str(), push, r.reason.as_deref())
+        })
+        .collect();
+    let statement = tx
+        .prepare_cached(
+            "UPDATE recipients SET push = v.push, reason = v.reason, updated = $3
+             FROM unnest($4::text[], $5::int2[], $6::text[]) AS v(recipient, push, reason)
+             WHERE recipients.message_id = $1 AND recipients.app = $2
+               AND recipients.recipient = v.recipient AND recipients.status = 0",
+        )
+        .await?;
+    let now = crate::id::now_ms() as i64;
+    let changed = tx
+        .execute(
+            &statement,
+            &[&(id as i64), &app, &now, &users, &pushes, &reasons],
+        )
+        .await?;
+    Ok(Written::Count(changed))
+}
+
+/// Claims the steps due at `now` (`queued`, due again at `retry_at`) with their messages. The
+/// rows another node is claiming are skipped, not waited for.
+async fn claim_steps(
+    tx: &Transaction<'_>,
+    now: i64,
+    retry_at: i64,
+    limit: usize,
+) -> Result<Written, tokio_postgres::Error> {
+    let statement = tx
+        .prepare_cached(
+            "WITH due AS (
+                 SELECT message_id, recipient, channel FROM channel_steps
+                 WHERE due IS NOT NULL AND due <= $1
+                 ORDER BY due LIMIT $3
+                 FOR UPDATE SKIP LOCKED),
+             claimed AS (
+                 UPDATE channel_steps s SET due = $2, status = 'queued', updated = $1
+                 FROM due
+                 WHERE s.message_id = due.message_id AND s.recipient = due.recipient
+                   AND s.channel = due.channel
+                 RETURNING s.message_id, s.recipient, s.channel)
+             SELECT c.message_id, m.app, c.recipient, c.channel, r.status, r.push, m.title,
+                    m.kind, m.component, m.sender, m.agents, m.except_agents, m.formats,
+                    m.content, m.created, m.expires
+             FROM claimed c
+             JOIN messages m ON m.id = c.message_id
+             LEFT JOIN recipients r
+                    ON r.message_id = c.message_id AND r.recipient = c.recipient",
+        )
+        .await?;
+    let steps = tx
+        .query(&statement, &[&now, &retry_at, &(limit as i64)])
+        .await?
+        .iter()
+        .map(rows::due_step)
+        .collect::<Result<_, _>>()?;
+    Ok(Written::Steps(steps))
+}
+
+async fn record_steps(
+    tx: &Transaction<'_>,
+    app: &str,
+    records: &[StepRecord],
+) -> Result<Written, tokio_postgres::Error> {
+    let ids: Vec<i64> = records.iter().map(|r| r.id as i64).collect();
+    let users: Vec<&str> = records.iter().map(|r| r.user.as_str()).collect();
+    let channels: Vec<&str> = records.iter().map(|r| r.channel.as_str()).collect();
+    let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+    let reasons: Vec<Option<&str>> = records.iter().map(|r| r.reason.as_deref()).collect();
+    let statement = tx
+            .prepare_cached(
+                "INSERT INTO channel_steps (message_id, app, recipient, channel, status, due, reason, updated)
+                 SELECT v.id, $1, v.recipient, v.channel, v.status, NULL, v.reason, $2
+                 FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::text[])
+                      AS v(id, recipient, channel, status, reason)
+                 WHERE EXISTS (SELECT 1 FROM recipients r
+                               WHERE r.message_id = v.id AND r.recipient = v.recipient)
+                 ON CONFLICT (message_id, recipient, channel) DO UPDATE SET
+                     status = EXCLUDED.status, due = NULL, reason = EXCLUDED.reason,
+                     updated = EXCLUDED.updated",
+            )
+            .await?;
+    let now = crate::id::now_ms() as i64;
+    let changed = tx
+        .execute(
+            &statement,
+            &[&app, &now, &ids, &users, &channels, &statuses, &reasons],
+        )
+        .await?;
+    Ok(Written::Count(changed))
+}
+
+async fn remove_devices(
+    tx: &Transaction<'_>,
+    selector: &DeviceSelector,
+) -> Result<Written, tokio_postgres::Error> {
+    let statement = tx
+        .prepare_cached(
+            "DELETE FROM devices WHERE app = $1 AND username = $2
+               AND ($3::text IS NULL OR device = $3) AND ($4::text IS NULL OR way = $4)",
+        )
+        .await?;
+    let way = selector.way.map(Way::as_str);
+    let removed = tx
+        .execute(
+            &statement,
+            &[&selector.app, &selector.user, &selector.device, &way],
+        )
+        .await?;
+    Ok(Written::Count(removed))
 }
 
 /// Takes the token from any other registration, then inserts or refreshes this one.
@@ -469,10 +484,10 @@ async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_p
             &agents,
             &m.content.get(),
             &m.created,
-            &m.created.max(m.expires),
+            &m.expires,
             &m.recipients,
             &except_agents,
-            &crate::store::formats_column(&m.formats),
+            &formats_column(&m.formats),
         ],
     )
     .await?;
@@ -522,56 +537,6 @@ async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<Written, tokio_p
             &[&(m.id as i64), &m.app, &m.created, &users, &channels, &dues],
         )
         .await?;
-    }
-    Ok(Written::Count(1))
-}
-
-async fn append_topic(
-    tx: &Transaction<'_>,
-    app: &str,
-    entry: &TopicEntry,
-    created: i64,
-    keep: u64,
-    seq: i64,
-) -> Result<Written, tokio_postgres::Error> {
-    tx.execute(
-        "INSERT INTO topics (app, topic) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&app, &entry.topic],
-    )
-    .await?;
-    let frame = std::str::from_utf8(&entry.frame).unwrap_or("{}");
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO topic_log (app, topic, id, seq, created, frame)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (app, id) DO UPDATE SET frame = EXCLUDED.frame",
-        )
-        .await?;
-    tx.execute(
-        &statement,
-        &[
-            &app,
-            &entry.topic,
-            &(entry.id as i64),
-            &seq,
-            &created,
-            &frame,
-        ],
-    )
-    .await?;
-    let keep = keep.min(i64::MAX as u64) as i64;
-    let statement = tx
-        .prepare_cached(
-            "SELECT seq FROM topic_log WHERE app = $1 AND topic = $2
-             ORDER BY seq DESC OFFSET $3 LIMIT 1",
-        )
-        .await?;
-    if let Some(row) = tx
-        .query_opt(&statement, &[&app, &entry.topic, &keep])
-        .await?
-    {
-        let upto: i64 = row.get(0);
-        trim_topic(tx, app, &entry.topic, "seq <= $3", &upto).await?;
     }
     Ok(Written::Count(1))
 }
@@ -632,28 +597,6 @@ async fn keyed(
         KeyedWrite::KeyOnly => {}
     }
     Ok(Written::Claimed(Claimed::Fresh))
-}
-
-/// Drops a topic's log entries matching `condition` (on `$3`) and raises its watermarks.
-async fn trim_topic(
-    tx: &Transaction<'_>,
-    app: &str,
-    topic: &str,
-    condition: &str,
-    value: &i64,
-) -> Result<u64, tokio_postgres::Error> {
-    let statement = tx
-        .prepare_cached(&format!(
-            "WITH d AS (DELETE FROM topic_log WHERE app = $1 AND topic = $2 AND {condition}
-                        RETURNING id, seq),
-                  u AS (UPDATE topics SET trimmed = greatest(trimmed, (SELECT max(id) FROM d)),
-                                          trimmed_seq = greatest(trimmed_seq, (SELECT max(seq) FROM d))
-                        WHERE app = $1 AND topic = $2)
-             SELECT count(*) FROM d"
-        ))
-        .await?;
-    let row = tx.query_one(&statement, &[&app, &topic, value]).await?;
-    Ok(row.get::<_, i64>(0) as u64)
 }
 
 async fn sweep(

@@ -1,6 +1,6 @@
 -- mps message store, first version. Applied once, in one transaction, by whichever node starts
--- first (see postgres.rs). Why each index exists is said next to it; every one serves a query of
--- postgres.rs and keeps it an index range scan at tens of millions of rows.
+-- first (see migrate.rs). Why each index exists is said next to it; every one serves a query of
+-- the store (read.rs, write.rs) and keeps it an index range scan at tens of millions of rows.
 
 CREATE TABLE messages (
     id        bigint PRIMARY KEY,   -- time-ordered: also the listing order (newest first)

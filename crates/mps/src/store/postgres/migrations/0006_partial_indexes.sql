@@ -1,0 +1,3 @@
+-- Nothing to do here: number 6 made the embedded SQLite store's sender and component indexes
+-- partial. PostgreSQL keeps its full ones (0001), which also serve listing by sender or
+-- component across apps.
