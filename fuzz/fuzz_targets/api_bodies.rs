@@ -14,11 +14,11 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use mps::audience::{Audience, attribute_terms, tag_terms};
-use mps::engine::{check_name, encode_push, parse_ids};
-use mps::formats::Template;
+use mps::config::Template;
+use mps::engine::{encode_push, parse_ids};
 use mps::preferences::Muting;
-use mps::push::Way;
 use mps::push::devices::{PushModeRequest, check_registration};
+use mps::words::{Way, check_name};
 use mps_proto::{
     AckRequest, AttributesRequest, EventData, PreferencesRequest, PushedMessage, RegisterDevice,
     SendMessage, TagsRequest, TokenRequest,
@@ -81,7 +81,7 @@ fn send(message: SendMessage) {
         let _ = mps::topic::check_topic(topic, limits);
     }
     if let Some(channels) = &message.channels {
-        let _ = mps::channels::check_chain(channels, message.ttl.unwrap_or(3 * 24 * 3600));
+        let _ = mps::words::check_chain(channels, message.ttl.unwrap_or(3 * 24 * 3600));
     }
     if let Some(audience) = &message.audience {
         let _ = Audience::parse(audience);

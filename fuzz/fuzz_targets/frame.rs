@@ -38,10 +38,10 @@ fuzz_target!(|data: &[u8]| {
         .into_iter()
         .flatten()
     {
-        let _ = mps::engine::check_name("client", value);
+        let _ = mps::words::check_name("client", value);
     }
     for component in client.component_set.iter().flatten() {
-        let _ = mps::engine::check_name("component", component);
+        let _ = mps::words::check_name("component", component);
     }
     for pattern in client.topics.iter().flatten() {
         if mps::topic::check_pattern(pattern, limits).is_ok() {
