@@ -54,6 +54,11 @@ enum Input {
     Admin(String),
 }
 
+/// A `sub` or `app` the server issues tokens for: 1 to 256 bytes, no control characters.
+fn good_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control)
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -115,6 +120,7 @@ fuzz_target!(|input: Input| {
                 app: app.clone(),
                 exp,
                 iat,
+                nbf: None,
                 topics: topics.clone(),
             };
             let header = jsonwebtoken::Header::default();
@@ -130,13 +136,16 @@ fuzz_target!(|input: Input| {
                 );
             } else if exp < now - 10 {
                 assert!(matches!(verified, Err(AuthError::Expired)), "{verified:?}");
-            } else if exp > now + 10 && !sub.is_empty() {
-                let identity = verified.expect("a live token with a subject verifies");
+            } else if exp > now + 10 && good_name(&sub) && app.as_deref().is_none_or(good_name) {
+                let identity = verified.expect("a live token with a good subject verifies");
                 assert_eq!(identity.user, sub);
                 assert_eq!(identity.app, app.unwrap_or_else(|| DEFAULT_APP.into()));
                 assert_eq!(identity.topics, topics);
-            } else if sub.is_empty() {
-                assert!(verified.is_err(), "a token without a subject verifies");
+            } else if !good_name(&sub) || !app.as_deref().is_none_or(good_name) {
+                assert!(
+                    verified.is_err(),
+                    "a token with a bad subject or app verifies"
+                );
             }
         }
         Input::Issued {

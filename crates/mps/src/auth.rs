@@ -1,5 +1,5 @@
 //! The one place that checks credentials: client tokens (JWT, `sub` = user, optional `app`,
-//! `exp` enforced) and the back-end admin key.
+//! `exp` and `nbf` enforced, names checked as when they are issued) and the back-end admin key.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,6 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthConfig;
+use crate::words::check_name;
 
 /// App used when a token or request names none.
 pub const DEFAULT_APP: &str = "default";
@@ -45,6 +46,9 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// Not valid before (Unix seconds), checked with the same leeway as `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// Topic patterns the client may subscribe to; absent means any (unless the server
     /// requires the claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +135,7 @@ impl Authenticator {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(Authenticator {
@@ -149,13 +154,12 @@ impl Authenticator {
             return Err(AuthError::Missing);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            })?;
+            .map_err(|e| refusal(e.kind()))?;
         let claims = data.claims;
-        if claims.sub.is_empty() {
-            return Err(AuthError::Invalid("empty subject".into()));
+        // The same rules as for issuing: a token signed elsewhere may carry any string.
+        check_name("sub", &claims.sub).map_err(|e| AuthError::Invalid(e.message))?;
+        if let Some(app) = &claims.app {
+            check_name("app", app).map_err(|e| AuthError::Invalid(e.message))?;
         }
         Ok(Identity {
             app: claims.app.unwrap_or_else(|| DEFAULT_APP.to_owned()),
@@ -182,6 +186,7 @@ impl Authenticator {
             app: (app != DEFAULT_APP).then(|| app.to_owned()),
             exp,
             iat: Some(now),
+            nbf: None,
             topics,
         };
         let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding)
@@ -204,6 +209,28 @@ impl Authenticator {
 pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, rest) = header.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// A token the JWT library refused, said in the product's words (not the library's).
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    AuthError::Invalid(
+        match kind {
+            ErrorKind::ExpiredSignature => return AuthError::Expired,
+            ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
+            ErrorKind::InvalidSignature => "bad signature",
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                "token signed with another algorithm than the server's"
+            }
+            ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => "token without exp",
+            ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => "token without sub",
+            ErrorKind::Json(_) => {
+                "token claims are malformed: sub (text) and exp (seconds) are required"
+            }
+            _ => "malformed token",
+        }
+        .to_owned(),
+    )
 }
 
 fn unix_seconds() -> i64 {
@@ -240,6 +267,7 @@ mod tests {
             app: None,
             exp: unix_seconds() - 60,
             iat: None,
+            nbf: None,
             topics: None,
         };
         let expired = jsonwebtoken::encode(
@@ -254,6 +282,81 @@ mod tests {
         assert!(matches!(auth.verify(&forged), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify("a.b.c"), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify(""), Err(AuthError::Missing)));
+    }
+
+    /// A token signed with the server's secret, with these claims.
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let auth = auth();
+        let exp = unix_seconds() + 3600;
+        let later =
+            signed(serde_json::json!({"sub": "alice", "exp": exp, "nbf": unix_seconds() + 3600}));
+        let refused = auth.verify(&later).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "invalid token: token not valid yet (nbf)"
+        );
+        let now =
+            signed(serde_json::json!({"sub": "alice", "exp": exp, "nbf": unix_seconds() - 1}));
+        assert_eq!(auth.verify(&now).unwrap().user, "alice");
+    }
+
+    #[test]
+    fn claims_follow_the_rules_of_issued_tokens() {
+        let auth = auth();
+        let exp = unix_seconds() + 3600;
+        let forged_line = "w\n2026-12-06T00:00:00Z  INFO mps::server: FORGED";
+        for (sub, app) in [
+            (forged_line.to_owned(), None),
+            ("x".repeat(100_000), None),
+            ("alice".to_owned(), Some("a\u{7}pp".to_owned())),
+            ("alice".to_owned(), Some("p".repeat(257))),
+        ] {
+            let token = signed(serde_json::json!({"sub": sub, "app": app, "exp": exp}));
+            let refused = auth.verify(&token).unwrap_err();
+            assert_eq!(refused.code(), "invalid_token");
+            assert!(
+                refused.to_string().contains("without control characters"),
+                "{refused}"
+            );
+        }
+        let token = signed(serde_json::json!({"sub": "bob", "app": "oa", "exp": exp}));
+        assert_eq!(auth.verify(&token).unwrap().app, "oa");
+    }
+
+    #[test]
+    fn refusals_are_in_the_products_words() {
+        let auth = auth();
+        let exp = unix_seconds() + 3600;
+        let other = Authenticator::new(&AuthConfig::default(), "k".into(), "other").unwrap();
+        let (forged, _) = other.issue("default", "alice", None, None).unwrap();
+        let said = |token: &str| auth.verify(token).unwrap_err().to_string();
+        assert_eq!(said(&forged), "invalid token: bad signature");
+        assert_eq!(said("a.b.c"), "invalid token: malformed token");
+        let no_exp = signed(serde_json::json!({"sub": "alice"}));
+        assert_eq!(
+            said(&no_exp),
+            "invalid token: token claims are malformed: sub (text) and exp (seconds) are required"
+        );
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert_eq!(
+            said(&hs384),
+            "invalid token: token signed with another algorithm than the server's"
+        );
     }
 
     #[test]
