@@ -14,7 +14,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::config::Template;
-use crate::words::{Channel, Invalid, MAX_TITLE, Way, check_name, invalid};
+use crate::words::{Channel, Invalid, MAX_TITLE, Way, check_depth, check_name, invalid};
 
 /// Most shapes one message may carry.
 pub const MAX_FORMATS: usize = 16;
@@ -34,6 +34,9 @@ pub fn check(formats: &BTreeMap<String, Format>) -> Result<(), Invalid> {
                 "invalid_formats",
                 format!("the title of format {agent:?} is longer than {MAX_TITLE} bytes"),
             ));
+        }
+        if let Some(content) = &format.content {
+            check_depth(&format!("the content of format {agent:?}"), content.get())?;
         }
         if format.title.is_none() && format.content.is_none() {
             return Err(invalid(

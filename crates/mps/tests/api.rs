@@ -418,6 +418,11 @@ async fn bad_send_requests_get_json_errors() {
             413,
             "too_large",
         ),
+        (
+            format!(r#"{{"content":{}1{}}}"#, "[".repeat(1000), "]".repeat(1000)),
+            400,
+            "invalid_content",
+        ),
     ] {
         let answer = post(body.clone()).await;
         assert_eq!(

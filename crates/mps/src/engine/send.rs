@@ -20,7 +20,7 @@ use crate::id::now_ms;
 use crate::push::fallback::Job;
 use crate::push::{Notification, Priority};
 use crate::store::{Claimed, IdempotencyKey, KeyedWrite, NewMessage, TopicEntry};
-use crate::words::{AgentFilter, MAX_TITLE, check_name, invalid};
+use crate::words::{AgentFilter, MAX_TITLE, check_depth, check_name, invalid};
 
 /// Who a checked message goes to.
 struct Addressed {
@@ -186,6 +186,7 @@ impl Engine {
 
     /// Checks the title, the names and the agents; returns the message's ttl, checked.
     fn check_fields(&self, req: &SendMessage) -> Result<u64, EngineError> {
+        check_depth("content", req.content.get())?;
         if req.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE) {
             return Err(invalid(
                 "invalid_title",

@@ -15,4 +15,4 @@ mod names;
 pub use agents::AgentFilter;
 pub use chain::check_chain;
 pub use device::{Device, Way};
-pub use names::{Invalid, MAX_NAME, MAX_TITLE, check_name, invalid};
+pub use names::{Invalid, MAX_DEPTH, MAX_NAME, MAX_TITLE, check_depth, check_name, invalid};
