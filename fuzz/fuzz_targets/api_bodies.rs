@@ -60,6 +60,7 @@ fn body<T: DeserializeOwned + Serialize>(json: &[u8]) -> Option<T> {
 
 fn send(message: SendMessage) {
     let limits = mps::config::TopicsConfig::default().limits();
+    let _ = mps::words::check_depth("content", message.content.get());
     if let Some(formats) = &message.formats {
         let _ = mps::formats::check(formats);
     }
