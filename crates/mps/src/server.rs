@@ -410,8 +410,8 @@ pub fn admin_app(config: &Config) -> Router<Arc<ServerState>> {
 fn layers(router: Router<Arc<ServerState>>, config: &Config) -> Router<Arc<ServerState>> {
     use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
     let request_id = axum::http::HeaderName::from_static(crate::telemetry::REQUEST_ID);
-    // The last layer is the outermost: the request id is set (when the caller sent none)
-    // before the request span is made, and copied onto the answer.
+    // The last layer is the outermost: an odd request id is dropped, the request id is set
+    // (when the caller sent none) before the request span is made, and copied onto the answer.
     router
         .layer(DefaultBodyLimit::max(config.messages.max_body))
         .layer(axum::middleware::from_fn(crate::telemetry::count_responses))
@@ -423,6 +423,9 @@ fn layers(router: Router<Arc<ServerState>>, config: &Config) -> Router<Arc<Serve
         .layer(SetRequestIdLayer::new(
             request_id,
             crate::telemetry::MakeRequestId,
+        ))
+        .layer(axum::middleware::map_request(
+            crate::telemetry::drop_odd_request_id,
         ))
 }
 

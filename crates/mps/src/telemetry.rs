@@ -75,6 +75,15 @@ pub fn request_id(headers: &axum::http::HeaderMap) -> Option<Box<str>> {
         .then(|| id.into())
 }
 
+/// Drops an `X-Request-Id` that breaks the rule of [`request_id`], so that the server makes
+/// one for the request instead of echoing what the caller sent.
+pub async fn drop_odd_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    if request.headers().contains_key(REQUEST_ID) && request_id(request.headers()).is_none() {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
+}
+
 /// The span of one HTTP request: method, path and request id; every log line of the request
 /// carries them. Never the query, and never a path segment that is a token
 /// (`/websocket/{token}`): the route's pattern stands for such a path.

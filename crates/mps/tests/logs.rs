@@ -103,10 +103,10 @@ async fn json_logs_carry_request_ids_and_connection_close_reasons() {
     );
 }
 
-/// A request id that is not a short visible token is sent back as is but not copied into the
-/// logs.
+/// A request id that is not a short visible token is replaced by one the server makes: it is
+/// neither sent back nor copied into the logs.
 #[tokio::test]
-async fn odd_request_ids_stay_out_of_the_logs() {
+async fn odd_request_ids_are_replaced() {
     let server = Server::with_log(&[("MPS_LOG__FORMAT", "json"), ("RUST_LOG", "info")]);
     let long = "x".repeat(300);
     let token = server.token("carol").await;
@@ -114,7 +114,20 @@ async fn odd_request_ids_stay_out_of_the_logs() {
     request
         .headers_mut()
         .insert("x-request-id", long.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let made = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    for odd in ["has space", "caf\u{e9}"] {
+        let answer = get_with_id(&server, "/healthz", Some(odd)).await;
+        let sent = answer.header("x-request-id").unwrap_or_default();
+        assert!(
+            sent != odd && sent.len() == 36,
+            "{odd:?} came back as {sent:?}"
+        );
+    }
     send_text(&mut ws, open_text(&token, "carol", "bs", &[])).await;
     assert_eq!(next_json(&mut ws).await["Type"], 2);
     eventually("the open line", || async {
@@ -127,5 +140,5 @@ async fn odd_request_ids_stay_out_of_the_logs() {
         .into_iter()
         .find(|l| l["message"] == "client connected")
         .unwrap();
-    assert!(opened.get("request_id").is_none(), "{opened}");
+    assert_eq!(opened["request_id"], made.as_str(), "{opened}");
 }
