@@ -184,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Overrides::default()
                 },
             )?;
-            let secrets = mps::server::Secrets::resolve(&config, true)?;
+            let secrets = mps::server::Secrets::for_tokens(&config)?;
             let auth = mps::server::authenticator(&config, &secrets)?;
             mps::words::check_name("user", &user)?;
             let app = app.unwrap_or_else(|| mps::auth::DEFAULT_APP.to_owned());

@@ -59,6 +59,23 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// What `mps token` needs: the JWT secret as `serve` finds it (generated in the data
+    /// directory when there is none, for the server started there later). The admin key is
+    /// neither read nor written; a throwaway one stands in, since issuing never checks it.
+    pub fn for_tokens(config: &Config) -> anyhow::Result<Secrets> {
+        Ok(Secrets {
+            admin_key: hex::encode(rand::random::<[u8; 24]>()),
+            jwt_secret: secret(
+                &config.auth.jwt_secret,
+                &config.data_dir,
+                "jwt.secret",
+                true,
+            )?,
+        })
+    }
+}
+
 /// The admin key as an operator command finds it: configured, else `admin.key` in the data
 /// directory; never generated.
 pub fn admin_key(config: &Config) -> anyhow::Result<String> {

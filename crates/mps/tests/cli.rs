@@ -41,6 +41,11 @@ async fn token_command_issues_a_token_the_server_accepts() {
     );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let token = stdout.trim();
+    let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        written.is_empty(),
+        "with --secret nothing is written: {written:?}"
+    );
     assert_eq!(
         stdout.lines().count(),
         1,
