@@ -188,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let auth = mps::server::authenticator(&config, &secrets)?;
             mps::words::check_name("user", &user)?;
             let app = app.unwrap_or_else(|| mps::auth::DEFAULT_APP.to_owned());
+            mps::words::check_name("app", &app)?;
             let topics = (!topics.is_empty()).then_some(topics);
             let (token, _) = auth.issue(&app, &user, ttl, topics)?;
             println!("{token}");
